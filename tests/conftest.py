@@ -16,9 +16,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -80,9 +80,11 @@ async def engine(database_url: str):
 
 @pytest_asyncio.fixture(scope="module")
 async def client(engine: AsyncEngine):
+    """HTTP requests through the whole Litestar app, on the test's own event loop."""
     from api.app import create_app
 
-    async with AsyncTestClient(app=create_app(engine=engine, background=False)) as client:
+    transport = httpx.ASGITransport(app=create_app(engine=engine, background=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://circuit.test") as client:
         yield client
 
 

@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
+from litestar.params import JSONBody
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import AuthUser, Role, issue_token, login, requires, revoke_session
@@ -44,7 +46,7 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/login", exclude_from_auth=True, status_code=200)
-    async def login(self, data: LoginRequest, db_engine: AsyncEngine) -> SessionOut:
+    async def login(self, data: JSONBody[LoginRequest], db_engine: NamedDependency[AsyncEngine]) -> SessionOut:
         async with db_engine.begin() as conn:
             token, expires_at, user = await login(
                 conn, email=data.email, password=data.password, totp_code=data.totp_code,
@@ -53,7 +55,7 @@ class AuthController(Controller):
         return SessionOut(token=token, expires_at=expires_at, user_id=user.id, role=user.role)
 
     @post("/logout", status_code=204)
-    async def logout(self, request: Request[AuthUser, str, object], db_engine: AsyncEngine) -> None:
+    async def logout(self, request: Request[AuthUser, str, object], db_engine: NamedDependency[AsyncEngine]) -> None:
         async with db_engine.begin() as conn:
             await revoke_session(conn, token_hash=request.user.session_hash, user_id=request.user.id)
 
@@ -64,7 +66,7 @@ class AuthController(Controller):
 
     @post("/api-tokens", guards=[requires(Role.OPERATOR, Role.AUDITOR)], status_code=201)
     async def api_token(
-        self, data: ApiTokenRequest, request: Request[AuthUser, str, object], db_engine: AsyncEngine
+        self, data: JSONBody[ApiTokenRequest], request: Request[AuthUser, str, object], db_engine: NamedDependency[AsyncEngine]
     ) -> SessionOut:
         """A long-lived token for a machine client (bank connector, accounting export…)."""
         async with db_engine.begin() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import applied_heads, expected_heads
@@ -16,7 +17,7 @@ class HealthOut(msgspec.Struct):
 
 
 @get("/health", exclude_from_auth=True, tags=["health"])
-async def health(db_engine: AsyncEngine) -> Response[HealthOut]:
+async def health(db_engine: NamedDependency[AsyncEngine]) -> Response[HealthOut]:
     try:
         async with db_engine.connect() as conn:
             applied = await applied_heads(conn)

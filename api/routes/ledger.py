@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import Role, requires
@@ -36,7 +37,7 @@ Cents = Annotated[int, msgspec.Meta(ge=-AMOUNT_CENTS_MAX, le=AMOUNT_CENTS_MAX)]
 PositiveCents = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_CENTS_MAX)]
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False, description="Client-chosen id of this write"),
+    HeaderParameter(name="Idempotency-Key", required=False, description="Client-chosen id of this write"),
 ]
 
 
@@ -145,7 +146,7 @@ class LedgerController(Controller):
     guards = [requires(Role.OPERATOR)]
 
     @post("/accounts", status_code=201)
-    async def open_account(self, data: AccountIn, db_engine: AsyncEngine) -> AccountOut:
+    async def open_account(self, data: JSONBody[AccountIn], db_engine: NamedDependency[AsyncEngine]) -> AccountOut:
         async with db_engine.begin() as conn:
             account_id = await open_account(
                 conn, kind=data.kind, unit=data.unit, owner_type=data.owner_type, owner_id=data.owner_id
@@ -153,13 +154,13 @@ class LedgerController(Controller):
             return await self._account(conn, account_id)
 
     @get("/accounts/{account_id:int}")
-    async def account(self, account_id: int, db_engine: AsyncEngine) -> AccountOut:
+    async def account(self, account_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> AccountOut:
         async with db_engine.connect() as conn:
             return await self._account(conn, account_id)
 
     @get("/accounts/{account_id:int}/balance")
     async def balance(
-        self, account_id: int, db_engine: AsyncEngine, as_of: datetime | None = None
+        self, account_id: FromPath[int], db_engine: NamedDependency[AsyncEngine], as_of: FromQuery[datetime | None] = None
     ) -> BalanceOut:
         async with db_engine.connect() as conn:
             found = await balance(conn, account_id, as_of=as_of)
@@ -167,7 +168,7 @@ class LedgerController(Controller):
 
     @post("/transfers")
     async def transfer(
-        self, data: TransferIn, db_engine: AsyncEngine, idempotency_key: IdempotencyKey = None
+        self, data: JSONBody[TransferIn], db_engine: NamedDependency[AsyncEngine], idempotency_key: IdempotencyKey = None
     ) -> Response[TransferOut]:
         key = _require_key(idempotency_key)
         async with db_engine.begin() as conn:
@@ -178,12 +179,12 @@ class LedgerController(Controller):
         return await _written(db_engine, result)
 
     @get("/transfers/{transfer_id:int}")
-    async def get_transfer(self, transfer_id: int, db_engine: AsyncEngine) -> Response[TransferOut]:
+    async def get_transfer(self, transfer_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[TransferOut]:
         return await _written(db_engine, TransferResult(transfer_id, created=False))
 
     @post("/transfers/{transfer_id:int}/reverse")
     async def reverse(
-        self, transfer_id: int, data: ReverseIn, db_engine: AsyncEngine,
+        self, transfer_id: FromPath[int], data: JSONBody[ReverseIn], db_engine: NamedDependency[AsyncEngine],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[TransferOut]:
         key = _require_key(idempotency_key)
@@ -193,7 +194,7 @@ class LedgerController(Controller):
 
     @post("/holds")
     async def hold(
-        self, data: HoldIn, db_engine: AsyncEngine, idempotency_key: IdempotencyKey = None
+        self, data: JSONBody[HoldIn], db_engine: NamedDependency[AsyncEngine], idempotency_key: IdempotencyKey = None
     ) -> Response[TransferOut]:
         key = _require_key(idempotency_key)
         async with db_engine.begin() as conn:
@@ -205,7 +206,7 @@ class LedgerController(Controller):
 
     @post("/holds/{hold_id:int}/post")
     async def post_hold(
-        self, hold_id: int, data: PostHoldIn, db_engine: AsyncEngine,
+        self, hold_id: FromPath[int], data: JSONBody[PostHoldIn], db_engine: NamedDependency[AsyncEngine],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[TransferOut]:
         key = _require_key(idempotency_key)
@@ -215,7 +216,7 @@ class LedgerController(Controller):
 
     @post("/holds/{hold_id:int}/void")
     async def void_hold(
-        self, hold_id: int, db_engine: AsyncEngine, idempotency_key: IdempotencyKey = None
+        self, hold_id: FromPath[int], db_engine: NamedDependency[AsyncEngine], idempotency_key: IdempotencyKey = None
     ) -> Response[TransferOut]:
         key = _require_key(idempotency_key)
         async with db_engine.begin() as conn:
@@ -223,7 +224,7 @@ class LedgerController(Controller):
         return await _written(db_engine, result)
 
     @staticmethod
-    async def _account(conn, account_id: int) -> AccountOut:
+    async def _account(conn, account_id: FromPath[int]) -> AccountOut:
         a = await get_account(conn, account_id)
         return AccountOut(
             a.id, a.kind, a.unit, a.owner_type, a.owner_id, a.floor_cents, a.balance_cents,
