@@ -43,3 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"refused ({error.code}): {error.message}", file=sys.stderr)
         sys.exit(2)
     sys.exit(result or 0)
+
+
+if __name__ == "__main__":
+    main()

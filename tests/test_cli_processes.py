@@ -1,0 +1,94 @@
+"""The real thing: `circuit` processes on one data directory share one embedded server,
+the demo is seeded once, `circuit check` passes on it, and stopping leaves the data."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def circuit(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def embedded_env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["CIRCUIT_DATA_DIR"] = str(tmp_path / "data")
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedded_env):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"],
+        cwd=ROOT, env=embedded_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("circuit serve did not come up")
+
+        # Other processes join the running server instead of starting a second one.
+        assert "already present" in circuit("demo", env=embedded_env).stdout
+        assert circuit("check", env=embedded_env).stdout.startswith("OK: 3 transfers")
+
+        login = httpx.post(f"{base}/auth/login",
+                           json={"email": "operator@circuit.demo", "password": "circuit-demo-2026"})
+        assert login.status_code == 200
+        account = httpx.get(f"{base}/ledger/accounts/1",
+                            headers={"Authorization": f"Bearer {login.json()['token']}"})
+        assert account.status_code == 200 and account.json()["kind"] == "issuer_float"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # The last process stopped the server; the next one starts it again on the same data.
+    assert circuit("check", env=embedded_env).stdout.startswith("OK: 3 transfers")
+
+
+async def test_check_exits_non_zero_naming_the_first_discrepancy(engine, database_url, tmp_path):
+    from ledger.accounts import AccountKind, open_account
+    from ledger.transfers import Posting, transfer
+
+    async with engine.begin() as conn:
+        source = await open_account(conn, kind=AccountKind.ISSUER_FLOAT, unit="EUR")
+        target = await open_account(conn, kind=AccountKind.WALLET, unit="EUR")
+        await transfer(conn, key="cli-check", kind="issue", postings=[Posting(source, -700), Posting(target, 700)])
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    assert circuit("check", env=env).returncode == 0
+
+    async with engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE accounts DISABLE TRIGGER USER"))
+        await conn.execute(text("UPDATE accounts SET balance_cents = 9999 WHERE id = :id"), {"id": target})
+        await conn.execute(text("ALTER TABLE accounts ENABLE TRIGGER USER"))
+    failed = circuit("check", env=env, check=False)
+    assert failed.returncode == 1
+    assert f"account_balance: account {target}: expected 700, found 9999" in failed.stderr
