@@ -112,6 +112,8 @@ _BY_SQLSTATE: dict[str, type[DomainError]] = {
 _BY_CONSTRAINT: dict[str, type[DomainError]] = {
     "transfers_reverses_id_key": AlreadyReversed,
     "transfers_pending_id_key": HoldNotPending,
+    # The table's own floor constraint, behind the ledger's check: should never be reached.
+    "accounts_floor": InsufficientFunds,
 }
 
 
@@ -127,7 +129,7 @@ def from_database(error: BaseException) -> DomainError | None:
         except ValueError:
             return _BY_SQLSTATE[sqlstate](raw)
         return _BY_SQLSTATE[sqlstate](**details)
-    if sqlstate == "23505":
+    if sqlstate in ("23505", "23514"):
         constraint = getattr(driver_error, "constraint_name", None)
         if constraint in _BY_CONSTRAINT:
             return _BY_CONSTRAINT[constraint]()
