@@ -71,9 +71,19 @@ def start_embedded_server(pgdata: Path):
                 if fresh:
                     with open(pgdata / "postgresql.auto.conf", "a") as conf:
                         conf.write(EMBEDDED_SETTINGS)
+                _forget_dead_holders(server.global_process_id_list)
             server.start()
             _embedded_servers[pgdata] = server
     return _embedded_servers[pgdata]
+
+
+def _forget_dead_holders(holders) -> None:
+    """Drop processes that died without letting go (killed, crashed): otherwise the server
+    would wait forever for them and never be stopped by the last live process."""
+    import psutil
+
+    alive = [pid for pid in holders._get() if psutil.pid_exists(pid)]
+    holders.put(alive)
 
 
 def embedded_url(database: str = EMBEDDED_DATABASE) -> str:

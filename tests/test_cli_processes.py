@@ -70,8 +70,11 @@ def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedd
         server.terminate()
         server.wait(timeout=30)
 
-    # The last process stopped the server; the next one starts it again on the same data.
+    pgdata = Path(embedded_env["CIRCUIT_DATA_DIR"]) / "pg"
+    assert not (pgdata / "postmaster.pid").exists(), "the last process out must stop the server"
+    # The next process starts it again on the same data.
     assert circuit("check", env=embedded_env).stdout.startswith("OK: 3 transfers")
+    assert not (pgdata / "postmaster.pid").exists()
 
 
 async def test_check_exits_non_zero_naming_the_first_discrepancy(engine, database_url, tmp_path):

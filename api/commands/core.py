@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,6 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
                     print(await seed_demo(conn))
 
     asyncio.run(prepare())
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets the
+    # atexit hooks run, which release this process's hold on the embedded database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Workers are separate processes: they find the same database through the environment.
     os.environ.setdefault("DATABASE_URL", database_url())
     print(f"Circuit on http://{args.host}:{args.port}  (API docs: http://{args.host}:{args.port}/schema)")
