@@ -233,3 +233,23 @@ async def test_check_catches_a_posting_changed_behind_the_ledgers_back(engine, a
             "AND transfer_id = (SELECT min(transfer_id) FROM postings WHERE account_id = :a)"), {"a": alice})
         await conn.execute(text("ALTER TABLE postings ENABLE TRIGGER USER"))
         assert (await check_ledger(conn)).ok
+
+
+async def test_the_sweeper_expires_a_hold_at_its_deadline_and_releases_the_funds(engine, accounts):
+    from ledger.transfers import expire_due_holds
+
+    _, alice, bob = accounts
+    async with engine.begin() as conn:
+        soon = await conn.scalar(text("SELECT now() + interval '50 milliseconds'"))
+        held = await hold(conn, key=f"hold-sweep-{alice}", kind="payment",
+                          postings=[Posting(alice, -700), Posting(bob, 700)], expires_at=soon)
+        assert (await balance(conn, alice)).available_cents == 9_300
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_sleep(0.1)"))
+    async with engine.begin() as conn:
+        assert held.transfer_id in await expire_due_holds(conn)
+        assert (await balance(conn, alice)).available_cents == 10_000
+        assert held.transfer_id not in await expire_due_holds(conn)
+    with pytest.raises(HoldNotPending):
+        async with engine.begin() as conn:
+            await post_hold(conn, key=f"post-swept-{alice}", hold_id=held.transfer_id)
