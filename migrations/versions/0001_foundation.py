@@ -1,5 +1,5 @@
-"""Foundation: units, accounts, append-only transfers and postings, holds, users, sessions,
-and the minimal scheme tables (issuers, programmes, merchants, wallets).
+"""Foundation: units, accounts, append-only transfers and postings, holds, the audit inbox,
+users, sessions, and the minimal scheme tables (issuers, programmes, merchants, wallets).
 
 Every write of value goes through ledger_transfer() or ledger_resolve_hold(): they check
 idempotency, balance per unit and balance floors with the account rows locked in id order,
@@ -108,6 +108,57 @@ CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE ON postings
 CREATE TRIGGER postings_no_truncate BEFORE TRUNCATE ON postings
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
+-- The audit inbox: every business event is appended here in the transaction that makes the
+-- change (rolled back with it). Appending takes no lock and assigns no sequence: the sealer
+-- (audit/sealer.py) chains committed events into audit_records moments later, so writers
+-- never queue behind the chain. Rows are never changed; one leaves only once sealed.
+CREATE TABLE audit_inbox (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    event_type text NOT NULL CHECK (event_type ~ '^[a-z][a-z0-9_.]{1,63}$'),
+    actor      text NOT NULL CHECK (length(actor) BETWEEN 1 AND 200),
+    payload    jsonb NOT NULL
+);
+CREATE TRIGGER audit_inbox_no_update BEFORE UPDATE ON audit_inbox
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER audit_inbox_no_truncate BEFORE TRUNCATE ON audit_inbox
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+
+-- Who is acting: the application sets circuit.actor for its transaction (audit.chain.set_actor).
+CREATE FUNCTION audit_actor() RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('circuit.actor', true), ''), 'system')
+$$;
+
+CREATE FUNCTION audit_append(p_event_type text, p_payload jsonb, p_actor text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO audit_inbox (event_type, actor, payload)
+    VALUES (p_event_type, coalesce(p_actor, audit_actor()), p_payload)
+    RETURNING id
+$$;
+
+-- Timestamps enter audit payloads as UTC text, whatever the session's TimeZone.
+CREATE FUNCTION audit_time(p_moment timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_moment AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+-- One audit event per ledger write, with everything needed to recompute totals offline.
+CREATE FUNCTION ledger_audit(p_transfer_id bigint, p_postings jsonb) RETURNS void LANGUAGE sql AS $$
+    SELECT audit_append(
+        CASE WHEN t.phase = 'posted' AND t.reverses_id IS NOT NULL THEN 'ledger.reversal'
+             WHEN t.phase = 'posted' THEN 'ledger.transfer'
+             WHEN t.phase = 'pending' THEN 'ledger.hold'
+             WHEN t.phase = 'post_pending' THEN 'ledger.hold_posted'
+             WHEN t.phase = 'void_pending' THEN 'ledger.hold_voided'
+             ELSE 'ledger.hold_expired' END,
+        jsonb_build_object(
+            'transfer_id', t.id, 'key', t.key, 'kind', t.kind, 'phase', t.phase,
+            'pending_id', t.pending_id, 'reverses_id', t.reverses_id,
+            'effective_at', audit_time(t.effective_at),
+            'expires_at', CASE WHEN t.expires_at IS NOT NULL THEN audit_time(t.expires_at) END,
+            'metadata', t.metadata, 'postings', coalesce(p_postings, '[]'::jsonb)))
+    FROM transfers t WHERE t.id = p_transfer_id
+$$;
+
 -- Insert the transfer row, or find the one already written under this key.
 -- Returns the id and whether it was created now; a key reused for other content is refused.
 CREATE FUNCTION ledger_claim_key(
@@ -148,7 +199,7 @@ END $$;
 -- speed of a raw write.
 CREATE FUNCTION ledger_apply(
     p_transfer_id bigint, p_account_ids bigint[], p_amounts bigint[], p_balance boolean
-) RETURNS void LANGUAGE plpgsql AS $$
+) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_result record;
     v_short record;
@@ -189,10 +240,12 @@ BEGIN
         SELECT p_transfer_id, l.id, l.amount FROM locked l, ok
         RETURNING account_id
     )
-    SELECT v.*, (SELECT count(*) FROM moved) AS n_moved INTO v_result FROM verdict v;
+    SELECT v.*, (SELECT count(*) FROM moved) AS n_moved,
+           (SELECT jsonb_agg(jsonb_build_array(l.id, l.unit, l.amount) ORDER BY l.id) FROM locked l) AS postings
+    INTO v_result FROM verdict v;
 
     IF v_result.n_moved = v_result.n_wanted THEN
-        RETURN;
+        RETURN v_result.postings;
     END IF;
     IF v_result.has_zero THEN
         RAISE EXCEPTION 'invalid_transfer' USING ERRCODE = 'CL100',
@@ -295,7 +348,7 @@ BEGIN
             DETAIL = json_build_object('transfer_id', p_reverses_id)::text;
     END IF;
 
-    PERFORM ledger_apply(transfer_id, v_ids, v_amounts, NOT p_pending);
+    PERFORM ledger_audit(transfer_id, ledger_apply(transfer_id, v_ids, v_amounts, NOT p_pending));
 END $$;
 
 -- Post (fully or partly), void, or expire a hold. A hold is resolved at most once.
@@ -356,6 +409,7 @@ BEGIN
     PERFORM ledger_release(p_hold_id);
 
     IF p_action <> 'post' THEN
+        PERFORM ledger_audit(transfer_id, NULL);
         RETURN;
     END IF;
     IF p_amount IS NOT NULL AND p_amount <> v_hold_cents THEN
@@ -369,7 +423,7 @@ BEGIN
         END IF;
         v_amounts := ARRAY[sign(v_amounts[1]) * p_amount, sign(v_amounts[2]) * p_amount];
     END IF;
-    PERFORM ledger_apply(transfer_id, v_ids, v_amounts, true);
+    PERFORM ledger_audit(transfer_id, ledger_apply(transfer_id, v_ids, v_amounts, true));
 END $$;
 
 -- The scheme: who issues, what they issue, who accepts it, who holds it.

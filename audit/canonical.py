@@ -1,0 +1,58 @@
+"""The exact bytes a record is hashed over, and the hash itself.
+
+Encoding: RFC 8785 (JSON Canonicalization Scheme): sorted keys, no insignificant white space,
+UTF-8, ECMAScript number formatting. It depends on nothing of the machine (dict order, float
+formatting, locale, timezone); times enter it only as UTC strings formatted here.
+
+Record hash, algorithm ``sha256-jcs-v1``:
+    SHA-256( b"circuit-audit-record-v1\\x00" || previous record hash (32 bytes) || body bytes )
+The first record's previous hash is 32 zero bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+import rfc8785
+
+ALGORITHM = "sha256-jcs-v1"
+RECORD_DOMAIN = b"circuit-audit-record-v1\x00"
+GENESIS_HASH = bytes(32)
+
+
+def canonical(value: Any) -> bytes:
+    return rfc8785.dumps(value)
+
+
+def utc_text(moment: datetime) -> str:
+    """A timestamp as the chain writes it: UTC, microseconds, ``Z``; never local time."""
+    if moment.tzinfo is None:
+        raise ValueError("audit timestamps must be timezone-aware")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_hash(previous: bytes, body: bytes) -> bytes:
+    return hashlib.sha256(RECORD_DOMAIN + previous + body).digest()
+
+
+def record_line(body: bytes, digest: bytes, previous: bytes) -> bytes:
+    """The archive's line for a record: itself the canonical JSON of
+    ``{"body": <body>, "hash": <hex>, "prev": <hex>}``, so the body's bytes sit at a fixed
+    offset and a verifier hashes them as stored, without re-encoding."""
+    return b'{"body":' + body + b',"hash":"' + digest.hex().encode() + b'","prev":"' + previous.hex().encode() + b'"}'
+
+
+LINE_PREFIX = b'{"body":'
+LINE_SUFFIX_LENGTH = len(b',"hash":"') + 64 + len(b'","prev":"') + 64 + len(b'"}')
+
+
+def split_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """(body, hash, prev) of an archive line, or ValueError if it is not one."""
+    if not line.startswith(LINE_PREFIX) or len(line) < len(LINE_PREFIX) + LINE_SUFFIX_LENGTH + 2:
+        raise ValueError("not a record line")
+    suffix = line[-LINE_SUFFIX_LENGTH:]
+    if not (suffix.startswith(b',"hash":"') and suffix[73:83] == b'","prev":"' and suffix.endswith(b'"}')):
+        raise ValueError("not a record line")
+    return line[len(LINE_PREFIX):-LINE_SUFFIX_LENGTH], bytes.fromhex(suffix[9:73].decode()), bytes.fromhex(suffix[83:147].decode())
