@@ -21,16 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.auth import TokenAuthMiddleware
 from api.errors import EXCEPTION_HANDLERS
 from api.logging import configure_logging
+from api.routes.auditor import AuditorController, public_keys
 from api.routes.auth import AuthController
 from api.routes.health import health
 from api.routes.ledger import LedgerController
+from api.settings import audit_signing_key
+from audit.chain import run_sealer
 from ledger.database import create_engine, database_url
 from ledger.transfers import expire_due_holds
 
 log = structlog.get_logger("api")
 
-ROUTE_HANDLERS: list[Any] = [health, AuthController, LedgerController]
-PUBLIC_PATHS = ["^/schema", "^/health$"]
+ROUTE_HANDLERS: list[Any] = [health, AuthController, LedgerController, AuditorController, public_keys]
+PUBLIC_PATHS = ["^/schema", "^/health$", "^/.well-known/"]
 HOLD_SWEEP_SECONDS = 5.0
 REQUEST_ID_LENGTH_MAX = 64
 
@@ -96,10 +99,15 @@ def create_app(
         own_engine = engine is None
         if own_engine:
             app.state.engine = create_engine(url or database_url())
-        jobs = [asyncio.create_task(_sweep_holds(app.state.engine))] if background else []
+        stop = asyncio.Event()
+        jobs = []
+        if background:
+            jobs = [asyncio.create_task(_sweep_holds(app.state.engine)),
+                    asyncio.create_task(run_sealer(app.state.engine, audit_signing_key(), stop))]
         try:
             yield
         finally:
+            stop.set()
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)

@@ -14,7 +14,7 @@ import warnings
 
 from ledger.errors import DomainError
 
-COMMAND_MODULES = ["api.commands.core"]
+COMMAND_MODULES = ["api.commands.core", "api.commands.audit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,8 +47,16 @@ async def set_actor(conn: AsyncConnection, actor: str) -> None:
     await conn.execute(text("SELECT set_config('circuit.actor', :actor, true)"), {"actor": actor[:ACTOR_LENGTH_MAX]})
 
 
+class UnencodablePayload(ValueError):
+    code = "unencodable_payload"
+
+
 async def append(conn: AsyncConnection, *, event_type: str, payload: dict[str, Any], actor: str | None = None) -> int:
     """Record a business event in the caller's transaction; returns its inbox id."""
+    try:
+        canonical(payload)
+    except Exception as error:  # RFC 8785 refuses NaN, infinities, integers beyond 2**53
+        raise UnencodablePayload(f"audit payload cannot be canonically encoded: {error}") from None
     return (
         await conn.execute(
             text("SELECT audit_append(:event_type, CAST(:payload AS jsonb), :actor)"),
@@ -216,6 +224,17 @@ async def _close_ended_periods(conn: AsyncConnection, writer: _Writer, now: date
     return made
 
 
+def _encodable(payload_text: str) -> Any:
+    """The payload as chained; one RFC 8785 cannot encode (written by SQL bypassing append())
+    is kept verbatim as text rather than blocking the chain."""
+    payload = json.loads(payload_text)
+    try:
+        canonical(payload)
+    except Exception:
+        return {"unencodable_json": payload_text}
+    return payload
+
+
 def _parse(utc: str) -> datetime:
     return datetime.fromisoformat(utc.replace("Z", "+00:00"))
 
@@ -244,7 +263,7 @@ async def seal(conn: AsyncConnection, key: SigningKey, *, close_periods: bool | 
     ).all()
     for event in events:
         writer.add(event_id=event.id, ts=now, event_at=event.event_at, event_type=event.event_type,
-                   actor=event.actor, payload=json.loads(event.payload))
+                   actor=event.actor, payload=_encodable(event.payload))
     await writer.flush(conn)
     if events:
         await conn.execute(text("DELETE FROM audit_inbox WHERE id = ANY(CAST(:ids AS bigint[]))"),

@@ -215,7 +215,7 @@ BEGIN
         -- One pass; the per-unit grouping runs only for a transfer in several units.
         SELECT count(*) AS n_wanted,
                count(DISTINCT r.id) AS n_distinct,
-               coalesce(bool_or(r.amount IS NULL OR r.amount = 0), true) AS has_zero,
+               coalesce(bool_or(r.amount IS NULL OR r.amount = 0 OR abs(r.amount) > 1000000000000000), true) AS has_zero,
                count(l.id) AS n_found,
                coalesce(bool_or(l.amount < 0 AND l.floor_cents IS NOT NULL
                                 AND l.available + l.amount < l.floor_cents), false) AS is_short,
@@ -249,7 +249,7 @@ BEGIN
     END IF;
     IF v_result.has_zero THEN
         RAISE EXCEPTION 'invalid_transfer' USING ERRCODE = 'CL100',
-            DETAIL = 'every posting moves a non-zero amount';
+            DETAIL = 'every posting moves a non-zero amount of at most 10^15 minor units';
     END IF;
     IF v_result.n_distinct <> v_result.n_wanted THEN
         RAISE EXCEPTION 'invalid_transfer' USING ERRCODE = 'CL100',
