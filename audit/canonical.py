@@ -45,14 +45,14 @@ def record_line(body: bytes, digest: bytes, previous: bytes) -> bytes:
 
 
 LINE_PREFIX = b'{"body":'
-LINE_SUFFIX_LENGTH = len(b',"hash":"') + 64 + len(b'","prev":"') + 64 + len(b'"}')
+LINE_SUFFIX_LENGTH = len(b',"hash":"') + 64 + len(b'","prev":"') + 64 + len(b'"}')  # 149
+_LINE_LENGTH_MIN = len(LINE_PREFIX) + 2 + LINE_SUFFIX_LENGTH
 
 
 def split_line(line: bytes) -> tuple[bytes, bytes, bytes]:
-    """(body, hash, prev) of an archive line, or ValueError if it is not one."""
-    if not line.startswith(LINE_PREFIX) or len(line) < len(LINE_PREFIX) + LINE_SUFFIX_LENGTH + 2:
+    """(body, hash hex, prev hex) of an archive line, or ValueError if it is not one."""
+    n = len(line)
+    if (n < _LINE_LENGTH_MIN or line[:8] != LINE_PREFIX or line[n - 149:n - 140] != b',"hash":"'
+            or line[n - 76:n - 66] != b'","prev":"' or line[n - 2:] != b'"}'):
         raise ValueError("not a record line")
-    suffix = line[-LINE_SUFFIX_LENGTH:]
-    if not (suffix.startswith(b',"hash":"') and suffix[73:83] == b'","prev":"' and suffix.endswith(b'"}')):
-        raise ValueError("not a record line")
-    return line[len(LINE_PREFIX):-LINE_SUFFIX_LENGTH], bytes.fromhex(suffix[9:73].decode()), bytes.fromhex(suffix[83:147].decode())
+    return line[8:n - 149], line[n - 140:n - 76], line[n - 66:n - 2]

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import hashlib
+
 import orjson
 
 from audit import closures
-from audit.canonical import GENESIS_HASH, record_hash, split_line
+from audit.canonical import GENESIS_HASH, RECORD_DOMAIN, split_line
 from audit.keys import CHECKPOINT_DOMAIN, ROTATION_DOMAIN, key_id_of, verify_signature
 from audit.merkle import Frontier, leaf_hash
 
@@ -87,12 +89,14 @@ class ChainVerifier:
         self.trusted = set(trusted_keys or ())
         self.expected_seq = first_seq
         self.previous = previous
+        self.previous_hex = previous.hex().encode()
         self.frontier = frontier or Frontier()
         self.report = Report(trusted_keys=self.trusted)
         self.last_ts: str | None = None
         self.day_totals: dict[str, dict[str, Any]] = {}
         self.closed: dict[tuple[str, str], dict[str, Any]] = {}
         self.current_day: str | None = None
+        self._day_by_hour: dict[str, str] = {}
         self.line = 0
 
     def _fail(self, reason: str, seq: int | None = None) -> None:
@@ -101,41 +105,38 @@ class ChainVerifier:
     def add(self, line: bytes) -> None:
         self.line += 1
         try:
-            body_bytes, digest, previous = split_line(line)
+            body_bytes, hash_hex, prev_hex = split_line(line)
+            # The usual case, a record following the one before, needs no hex decoding.
+            previous = self.previous if prev_hex == self.previous_hex else bytes.fromhex(prev_hex.decode())
         except ValueError:
-            self._fail("not a well-formed record line: content altered", self._guess_seq(line))
-        if record_hash(previous, body_bytes) != digest:
-            self._fail("content altered: the record's hash does not match its content", self._guess_seq(line))
+            self._fail("not a well-formed record line: content altered", self.expected_seq)
+        computed = hashlib.sha256(RECORD_DOMAIN + previous + body_bytes)
+        if computed.hexdigest().encode() != hash_hex:
+            self._fail("content altered: the record's hash does not match its content", self.expected_seq)
         try:
             body = orjson.loads(body_bytes)
-            seq = body["seq"]
+            seq, ts = body["seq"], body["ts"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            self._fail("content altered: the record body is not a valid record")
+            self._fail("content altered: the record body is not a valid record", self.expected_seq)
         if seq != self.expected_seq:
             if seq < self.expected_seq:
                 self._fail(f"record inserted or reordered: sequence {seq} appears where {self.expected_seq} belongs",
                            self.expected_seq)
             self._fail(f"record missing or reordered: found sequence {seq} in its place", self.expected_seq)
-        if previous != self.previous:
+        if previous is not self.previous:
             self._fail(f"the previous record was altered or removed: this record follows hash "
-                       f"{previous.hex()[:16]}…, not {self.previous.hex()[:16]}…", seq - 1 if seq > 1 else seq)
-        if self.last_ts is not None and body["ts"] < self.last_ts:
+                       f"{prev_hex[:16].decode()}…, not {self.previous_hex[:16].decode()}…", seq - 1 if seq > 1 else seq)
+        if self.last_ts is not None and ts < self.last_ts:
             self._fail("order changed: chain time goes backwards", seq)
         self._follow(seq, body)
-        self.previous = digest
+        digest = computed.digest()
+        self.previous, self.previous_hex, self.last_ts = digest, hash_hex, ts
         self.frontier.append(leaf_hash(digest))
         self.expected_seq += 1
-        report = self.report
-        report.records += 1
-        report.first_seq = report.first_seq or seq
-        report.last_seq = seq
-        report.first_ts = report.first_ts or body["ts"]
-        report.last_ts = self.last_ts = body["ts"]
+        if self.report.first_ts is None:
+            self.report.first_ts, self.report.first_seq = ts, seq
         if self.frontier.size in self.checkpoints:
             self._check_checkpoint(self.checkpoints[self.frontier.size], seq)
-
-    def _guess_seq(self, line: bytes) -> int | None:
-        return self.expected_seq
 
     def _follow(self, seq: int, body: dict[str, Any]) -> None:
         if self.observe is not None:
@@ -158,12 +159,20 @@ class ChainVerifier:
         elif event_type == "audit.closure":
             self._check_closure(seq, payload)
             return
-        day = closures.label_of("day", _instant(body["ts"]))
+        day = self._paris_day(body["ts"])
         if day != self.current_day:
             self._check_no_missing_closure(seq, day)
             self.current_day = day
         totals = self.day_totals.setdefault(day, closures.empty_totals())
         closures.add_record(totals, body)
+
+    def _paris_day(self, ts: str) -> str:
+        # Paris is a whole number of hours from UTC, so the day is the same for a whole UTC hour.
+        hour = ts[:13]
+        day = self._day_by_hour.get(hour)
+        if day is None:
+            day = self._day_by_hour[hour] = closures.label_of("day", _instant(ts))
+        return day
 
     def _check_no_missing_closure(self, seq: int, day: str) -> None:
         if self.current_day is None:
@@ -212,7 +221,14 @@ class ChainVerifier:
                        f"{checkpoint.size}", seq)
         self.report.last_checkpoint = {"size": checkpoint.size, "ts": fields["ts"], "key_id": checkpoint.key_id}
 
+    def _count(self) -> None:
+        report = self.report
+        report.last_seq = self.expected_seq - 1 if report.first_seq is not None else None
+        report.records = report.last_seq - report.first_seq + 1 if report.first_seq is not None else 0
+        report.last_ts = self.last_ts
+
     def finish(self, *, expected_last_seq: int | None = None, expected_head: bytes | None = None) -> Report:
+        self._count()
         if expected_last_seq is not None and self.expected_seq - 1 < expected_last_seq:
             self._fail(f"tail truncated: the chain ends at {self.expected_seq - 1} but goes to {expected_last_seq}",
                        self.expected_seq)
@@ -232,6 +248,7 @@ def verify_lines(lines: Iterable[bytes], verifier: ChainVerifier, **finish: Any)
             verifier.add(line)
         return verifier.finish(**finish)
     except _Failed as failure:
+        verifier._count()
         verifier.report.problem = failure.problem
         return verifier.report
 

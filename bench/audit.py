@@ -1,0 +1,154 @@
+"""Audit chain cost and verification speed.
+
+1. Ledger transfers/s at 32 clients with the chain on (every transfer appends its event; the
+   sealer runs alongside, as in `circuit serve`) and off (the ledger's audit hook replaced by a
+   no-op in a scratch database), in the same run. Target: >= 80 % retained.
+2. Offline verification speed (records/s) of a 1,000,000-record archive written in the real
+   format (docs/audit-format.md) with the real hashing, Merkle and signing code.
+   Target: >= 200,000 records/s.
+
+Run: python bench/audit.py [--seconds 5] [--records 1000000]
+Last line: {"bench": "audit", "chained_per_s": ..., "unchained_per_s": ..., "retained": ...,
+            "records": ..., "verify_records_per_s": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+warnings.filterwarnings("ignore")
+
+from sqlalchemy import text  # noqa: E402
+
+from audit.archive import FORMAT, verify_archive  # noqa: E402
+from audit.canonical import GENESIS_HASH, canonical, record_hash, record_line  # noqa: E402
+from audit.chain import checkpoint_statement, run_sealer  # noqa: E402
+from audit.keys import CHECKPOINT_DOMAIN, MANIFEST_DOMAIN, generate  # noqa: E402
+from audit.merkle import Frontier, leaf_hash  # noqa: E402
+from ledger.accounts import AccountKind, ensure_unit, open_account  # noqa: E402
+from ledger.database import create_engine, embedded_url, ensure_database, migrate  # noqa: E402
+from ledger.transfers import Posting, transfer  # noqa: E402
+
+CLIENTS = 32
+NO_AUDIT = "CREATE OR REPLACE FUNCTION ledger_audit(p_transfer_id bigint, p_postings jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$"
+
+
+async def transfers_per_second(url: str, seconds: float, chained: bool) -> float:
+    await ensure_database(url)
+    engine = create_engine(url, pool_size=CLIENTS + 4, max_overflow=0)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        await ensure_unit(conn, "BUL", "Bulle")
+        if not chained:
+            await conn.execute(text(NO_AUDIT))
+        pairs = [(await open_account(conn, kind=AccountKind.ISSUER_FLOAT, unit="BUL"),
+                  await open_account(conn, kind=AccountKind.WALLET, unit="BUL")) for _ in range(CLIENTS)]
+    stop = asyncio.Event()
+    sealer = asyncio.create_task(run_sealer(engine, generate(), stop)) if chained else None
+    deadline = time.perf_counter() + seconds
+    counts = [0] * CLIENTS
+
+    async def client(index: int) -> None:
+        source, target = pairs[index]
+        while time.perf_counter() < deadline:
+            async with engine.begin() as conn:
+                await transfer(conn, key=f"b-{index}-{counts[index]}", kind="payment",
+                               postings=[Posting(source, -1), Posting(target, 1)])
+            counts[index] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+    rate = sum(counts) / (time.perf_counter() - started)
+    stop.set()
+    if sealer:
+        await sealer
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM audit_records WHERE event_type = 'ledger.transfer'")) > 0
+    await engine.dispose()
+    return rate
+
+
+def write_archive(path: Path, records: int) -> None:
+    """A one-day chain of ledger-transfer records with a checkpoint every 1,000 records."""
+    key = generate()
+    frontier, previous = Frontier(), GENESIS_HASH
+    lines, checkpoints = [], []
+    for seq in range(1, records + 1):
+        payload = {"effective_at": "2026-11-24T10:00:00.000000Z", "expires_at": None, "key": f"k-{seq}",
+                   "kind": "payment", "metadata": {}, "pending_id": None, "phase": "posted",
+                   "postings": [[2 * seq, "BUL", -100 - seq % 7], [2 * seq + 1, "BUL", 100 + seq % 7]],
+                   "reverses_id": None, "transfer_id": seq}
+        ts = f"2026-11-24T10:{seq // 60_000 % 60:02d}:{seq // 1000 % 60:02d}.{seq % 1_000_000:06d}Z"
+        body = canonical({"v": 1, "alg": "sha256-jcs-v1", "chain": "circuit", "seq": seq, "ts": ts,
+                          "event_at": ts, "event_type": "ledger.transfer", "actor": "user:1", "payload": payload})
+        digest = record_hash(previous, body)
+        lines.append(record_line(body, digest, previous) + b"\n")
+        frontier.append(leaf_hash(digest))
+        previous = digest
+        if seq % 1000 == 0 or seq == records:
+            from datetime import datetime, timezone
+
+            statement = checkpoint_statement(seq, frontier.root(), digest, datetime(2026, 11, 24, 11, tzinfo=timezone.utc), key.key_id)
+            checkpoints.append(canonical({"size": seq, "statement": statement.decode(), "key_id": key.key_id,
+                                          "signature": key.sign(CHECKPOINT_DOMAIN, statement).hex()}) + b"\n")
+    files = {"records.jsonl": b"".join(lines), "checkpoints.jsonl": b"".join(checkpoints),
+             "keys.json": canonical({"keys": [{"key_id": key.key_id, "algorithm": "ed25519",
+                                               "public_key": key.public_bytes.hex(), "introduced_seq": 1}]})}
+    manifest = canonical({"format": FORMAT, "chain": "circuit", "from": "2026-11-24", "to": "2026-11-24",
+                          "first_seq": 1, "last_seq": records, "records": records, "previous": GENESIS_HASH.hex(),
+                          "head": previous.hex(), "frontier_size": 0, "frontier": [],
+                          "files": {n: hashlib.sha256(c).hexdigest() for n, c in files.items()},
+                          "created_at": "2026-11-24T11:00:00.000000Z", "key_id": key.key_id})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+        archive.writestr("manifest.json", manifest)
+        archive.writestr("manifest.sig", key.sign(MANIFEST_DOMAIN, manifest).hex())
+    path.write_bytes(buffer.getvalue())
+
+
+async def main(seconds: float, records: int) -> dict:
+    directory = Path(tempfile.mkdtemp(prefix="circuit-bench-audit-"))
+    os.environ["CIRCUIT_DATA_DIR"] = str(directory)
+    try:
+        unchained = await transfers_per_second(embedded_url("audit_off"), seconds, chained=False)
+        chained = await transfers_per_second(embedded_url("audit_on"), seconds, chained=True)
+        print(f"{CLIENTS} clients: chained {chained:.0f}/s, unchained {unchained:.0f}/s, retained {chained / unchained:.2f}",
+              flush=True)
+        archive = directory / "archive.zip"
+        started = time.perf_counter()
+        write_archive(archive, records)
+        print(f"wrote a {records:,}-record archive in {time.perf_counter() - started:.1f} s "
+              f"({archive.stat().st_size / 1e6:.0f} MB)", flush=True)
+        started = time.perf_counter()
+        report = verify_archive(archive)
+        elapsed = time.perf_counter() - started
+        assert report.ok and report.records == records, report.problem
+        print(f"verified {records:,} records in {elapsed:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"bench": "audit", "chained_per_s": round(chained), "unchained_per_s": round(unchained),
+            "retained": round(chained / unchained, 3), "records": records,
+            "verify_records_per_s": round(records / elapsed)}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.seconds, args.records))))
