@@ -63,6 +63,8 @@ def problem(request: Request, status: int, code: str, detail: str, **extra: Any)
 
 def _domain(request: Request, error: domain.DomainError) -> Response:
     status = STATUS_BY_CODE.get(error.code, DOMAIN_STATUS_DEFAULT)
+    if error.message_fr:
+        return problem(request, status, error.code, error.message, detail_fr=error.message_fr, **error.details)
     return problem(request, status, error.code, error.message, **error.details)
 
 

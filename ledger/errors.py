@@ -16,9 +16,12 @@ class DomainError(Exception):
 
     code = "domain_error"
     message = "The request was refused."
+    message_fr = "La demande a été refusée."
 
-    def __init__(self, message: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str | None = None, *, message_fr: str | None = None, **details: Any) -> None:
         self.message = message or type(self).message
+        # A caller's own English sentence has no French twin unless it gives one.
+        self.message_fr = message_fr or (type(self).message_fr if message is None else None)
         self.details = details
         super().__init__(self.message)
 
@@ -26,71 +29,85 @@ class DomainError(Exception):
 class NotFound(DomainError):
     code = "not_found"
     message = "No such record."
+    message_fr = "Aucun enregistrement ne correspond."
 
 
 class InvalidInput(DomainError):
     code = "invalid_input"
     message = "The request is not valid."
+    message_fr = "La demande n'est pas valide."
 
 
 class InvalidTransfer(DomainError):
     code = "invalid_transfer"
     message = "The transfer is not valid."
+    message_fr = "Le virement n'est pas valide."
 
 
 class UnbalancedTransfer(DomainError):
     code = "unbalanced_transfer"
     message = "The postings of a transfer must sum to zero in each unit."
+    message_fr = "Les écritures d'un virement doivent s'équilibrer dans chaque unité."
 
 
 class AccountNotFound(DomainError):
     code = "account_not_found"
     message = "An account named in the transfer does not exist."
+    message_fr = "Un compte cité dans le virement n'existe pas."
 
 
 class InsufficientFunds(DomainError):
     code = "insufficient_funds"
     message = "The account does not hold enough to cover the amount."
+    message_fr = "Le compte ne contient pas assez pour couvrir ce montant."
 
 
 class IdempotencyConflict(DomainError):
     code = "idempotency_conflict"
     message = "This idempotency key was already used for a different request."
+    message_fr = "Cette clé d'idempotence a déjà servi pour une autre demande."
 
 
 class HoldNotFound(DomainError):
     code = "hold_not_found"
     message = "No pending hold has this id."
+    message_fr = "Aucune réservation ne correspond."
 
 
 class HoldNotPending(DomainError):
     code = "hold_not_pending"
     message = "The hold was already posted, voided or expired."
+    message_fr = "Cette réservation n'est plus en attente."
 
 
 class HoldExpired(DomainError):
     code = "hold_expired"
     message = "The hold expired before it was posted."
+    message_fr = "Cette réservation a expiré."
 
 
 class AlreadyReversed(DomainError):
     code = "already_reversed"
     message = "This transfer was already reversed."
+    message_fr = "Ce virement a déjà été annulé."
 
 
 class NotReversible(DomainError):
     code = "not_reversible"
     message = "Only a posted transfer can be reversed."
+    message_fr = "Ce virement ne peut pas être annulé."
 
 
 class AmountExceedsHold(DomainError):
     code = "amount_exceeds_hold"
     message = "A hold can be posted for at most the amount it reserved."
+    message_fr = "Le montant dépasse la réservation."
 
 
 class AppendOnly(DomainError):
     code = "append_only"
     message = "Ledger records are never changed or removed; correct with a reversing transfer."
+    message_fr = "Cet enregistrement ne peut être ni modifié ni supprimé."
 
 
 _BY_SQLSTATE: dict[str, type[DomainError]] = {
