@@ -108,6 +108,8 @@ class ChainVerifier:
             body_bytes, hash_hex, prev_hex = split_line(line)
             # The usual case, a record following the one before, needs no hex decoding.
             previous = self.previous if prev_hex == self.previous_hex else bytes.fromhex(prev_hex.decode())
+            if previous is not self.previous and previous.hex().encode() != prev_hex:
+                raise ValueError("hashes are written in lower-case hex only")
         except ValueError:
             self._fail("not a well-formed record line: content altered", self.expected_seq)
         computed = hashlib.sha256(RECORD_DOMAIN + previous + body_bytes)
