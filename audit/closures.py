@@ -72,21 +72,26 @@ def add_record(totals: dict[str, Any], body: dict[str, Any]) -> None:
     event_type = body["event_type"]
     if event_type.startswith("audit."):
         return
-    totals["events"][event_type] = totals["events"].get(event_type, 0) + 1
+    events = totals["events"]
+    events[event_type] = events.get(event_type, 0) + 1
+    if not event_type.startswith("ledger."):
+        return
     payload = body.get("payload") or {}
-    postings = payload.get("postings") if event_type.startswith("ledger.") else None
+    postings = payload.get("postings")
     if not postings:
         return
-    programme = (payload.get("metadata") or {}).get("programme_id", "-")
     by_unit: dict[str, int] = {}
     for _, unit, amount in postings:
         if amount > 0:
             by_unit[unit] = by_unit.get(unit, 0) + amount
-    for unit, volume in sorted(by_unit.items()):
-        key = f"{unit}|{payload.get('kind')}|{programme}"
-        entry = totals["ledger"].setdefault(key, {"count": 0, "volume_cents": 0})
+    prefix = f"|{payload.get('kind')}|{(payload.get('metadata') or {}).get('programme_id', '-')}"
+    ledger = totals["ledger"]
+    for unit in sorted(by_unit) if len(by_unit) > 1 else by_unit:
+        entry = ledger.get(unit + prefix)
+        if entry is None:
+            entry = ledger[unit + prefix] = {"count": 0, "volume_cents": 0}
         entry["count"] += 1
-        entry["volume_cents"] += volume
+        entry["volume_cents"] += by_unit[unit]
 
 
 def totals_of(bodies: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -143,7 +143,21 @@ class ChainVerifier:
     def _follow(self, seq: int, body: dict[str, Any]) -> None:
         if self.observe is not None:
             self.observe(body)
-        event_type, payload = body["event_type"], body.get("payload") or {}
+        event_type = body["event_type"]
+        if event_type.startswith("audit."):
+            if self._follow_audit(seq, event_type, body.get("payload") or {}):
+                return
+        day = self._paris_day(body["ts"])
+        if day != self.current_day:
+            self._check_no_missing_closure(seq, day)
+            self.current_day = day
+        totals = self.day_totals.get(day)
+        if totals is None:
+            totals = self.day_totals[day] = closures.empty_totals()
+        closures.add_record(totals, body)
+
+    def _follow_audit(self, seq: int, event_type: str, payload: dict[str, Any]) -> bool:
+        """Keys and closures; True when the record is a closure (not counted in a day)."""
         if event_type == "audit.key_registered":
             public = bytes.fromhex(payload["public_key"])
             self.public_keys.setdefault(key_id_of(public), public)
@@ -160,13 +174,8 @@ class ChainVerifier:
             self.trusted.add(key_id_of(public))
         elif event_type == "audit.closure":
             self._check_closure(seq, payload)
-            return
-        day = self._paris_day(body["ts"])
-        if day != self.current_day:
-            self._check_no_missing_closure(seq, day)
-            self.current_day = day
-        totals = self.day_totals.setdefault(day, closures.empty_totals())
-        closures.add_record(totals, body)
+            return True
+        return False
 
     def _paris_day(self, ts: str) -> str:
         # Paris is a whole number of hours from UTC, so the day is the same for a whole UTC hour.
