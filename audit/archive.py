@@ -10,10 +10,9 @@ manifest). Verifying needs the file and, to pin trust, a public key: nothing els
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,21 @@ class EmptyPeriod(Exception):
 
 def _checkpoint_line(size: int, statement: bytes, key_id: str, signature: bytes) -> bytes:
     return canonical({"size": size, "statement": statement.decode(), "key_id": key_id, "signature": signature.hex()})
+
+
+def pack(path: Path, files: dict[str, bytes], manifest: dict[str, Any], key: SigningKey,
+         compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """Write the archive: ``files``, the manifest (completed with their hashes and the signing
+    key's id) and its signature. Returns the manifest's bytes."""
+    manifest = {**manifest, "files": {name: hashlib.sha256(content).hexdigest() for name, content in files.items()},
+                "key_id": key.key_id}
+    manifest_bytes = canonical(manifest)
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+        archive.writestr("manifest.json", manifest_bytes)
+        archive.writestr("manifest.sig", key.sign(MANIFEST_DOMAIN, manifest_bytes).hex())
+    return manifest_bytes
 
 
 async def export_archive(conn: AsyncConnection, key: SigningKey, path: Path, first_day: date, last_day: date,
@@ -72,17 +86,9 @@ async def export_archive(conn: AsyncConnection, key: SigningKey, path: Path, fir
         "first_seq": first_seq, "last_seq": last_seq, "records": len(rows),
         "previous": bytes(rows[0].prev_hash).hex(), "head": bytes(rows[-1].hash).hex(),
         "frontier_size": frontier.size, "frontier": [n.hex() for n in frontier.nodes],
-        "files": {name: hashlib.sha256(content).hexdigest() for name, content in files.items()},
-        "created_at": utc_text(now), "key_id": key.key_id,
+        "created_at": utc_text(now),
     }
-    manifest_bytes = canonical(manifest)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-        archive.writestr("manifest.json", manifest_bytes)
-        archive.writestr("manifest.sig", key.sign(MANIFEST_DOMAIN, manifest_bytes).hex())
-    path.write_bytes(buffer.getvalue())
+    manifest_bytes = pack(path, files, manifest, key)
     await append(conn, event_type="audit.exported", actor=actor, payload={
         "from": manifest["from"], "to": manifest["to"], "first_seq": first_seq, "last_seq": last_seq,
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit import closures
-from audit.canonical import ALGORITHM, GENESIS_HASH, canonical, record_hash, utc_text
+from audit.canonical import ALGORITHM, canonical, record_hash, utc_text
 from audit.keys import CHECKPOINT_DOMAIN, ROTATION_DOMAIN, SigningKey
 from audit.merkle import Frontier, leaf_hash
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -33,10 +31,10 @@ warnings.filterwarnings("ignore")
 
 from sqlalchemy import text  # noqa: E402
 
-from audit.archive import FORMAT, verify_archive  # noqa: E402
+from audit.archive import FORMAT, pack, verify_archive  # noqa: E402
 from audit.canonical import GENESIS_HASH, canonical, record_hash, record_line  # noqa: E402
 from audit.chain import checkpoint_statement, run_sealer  # noqa: E402
-from audit.keys import CHECKPOINT_DOMAIN, MANIFEST_DOMAIN, generate  # noqa: E402
+from audit.keys import CHECKPOINT_DOMAIN, generate  # noqa: E402
 from audit.merkle import Frontier, leaf_hash  # noqa: E402
 from ledger.accounts import AccountKind, ensure_unit, open_account  # noqa: E402
 from ledger.database import create_engine, embedded_url, ensure_database, migrate  # noqa: E402
@@ -107,18 +105,10 @@ def write_archive(path: Path, records: int) -> None:
     files = {"records.jsonl": b"".join(lines), "checkpoints.jsonl": b"".join(checkpoints),
              "keys.json": canonical({"keys": [{"key_id": key.key_id, "algorithm": "ed25519",
                                                "public_key": key.public_bytes.hex(), "introduced_seq": 1}]})}
-    manifest = canonical({"format": FORMAT, "chain": "circuit", "from": "2026-11-24", "to": "2026-11-24",
-                          "first_seq": 1, "last_seq": records, "records": records, "previous": GENESIS_HASH.hex(),
-                          "head": previous.hex(), "frontier_size": 0, "frontier": [],
-                          "files": {n: hashlib.sha256(c).hexdigest() for n, c in files.items()},
-                          "created_at": "2026-11-24T11:00:00.000000Z", "key_id": key.key_id})
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-        archive.writestr("manifest.json", manifest)
-        archive.writestr("manifest.sig", key.sign(MANIFEST_DOMAIN, manifest).hex())
-    path.write_bytes(buffer.getvalue())
+    pack(path, files, {"format": FORMAT, "chain": "circuit", "from": "2026-11-24", "to": "2026-11-24",
+                       "first_seq": 1, "last_seq": records, "records": records, "previous": GENESIS_HASH.hex(),
+                       "head": previous.hex(), "frontier_size": 0, "frontier": [],
+                       "created_at": "2026-11-24T11:00:00.000000Z"}, key, compression=zipfile.ZIP_STORED)
 
 
 async def main(seconds: float, records: int) -> dict:
