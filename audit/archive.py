@@ -24,7 +24,8 @@ from audit.canonical import canonical, record_line, utc_text
 from audit.chain import CHAIN, append
 from audit.keys import MANIFEST_DOMAIN, SigningKey, key_id_of, verify_signature
 from audit.merkle import Frontier, leaf_hash
-from audit.verify import ChainVerifier, Checkpoint, Problem, Report, verify_lines
+from audit.verify import ChainVerifier, Checkpoint, Problem, Report
+from audit.verify_parallel import RECORDS_PARALLEL_MIN, verify_records
 
 FORMAT = "circuit-audit-archive/1"
 FILES = ("records.jsonl", "checkpoints.jsonl", "keys.json")
@@ -111,8 +112,11 @@ def parse_public_key(value: str) -> bytes:
     return public
 
 
-def verify_archive(path: Path, pinned: list[bytes] | None = None) -> Report:
-    """Verify an archive file offline; ``pinned`` public keys, if given, are the only roots of trust."""
+def verify_archive(path: Path, pinned: list[bytes] | None = None, *, workers: int | None = None,
+                   parallel_min: int = RECORDS_PARALLEL_MIN) -> Report:
+    """Verify an archive file offline; ``pinned`` public keys, if given, are the only roots of trust.
+    Archives of ``parallel_min`` records or more are checked on ``workers`` processes (default:
+    every core), with the same verdict."""
     try:
         archive = zipfile.ZipFile(path)
         manifest_bytes = archive.read("manifest.json")
@@ -130,17 +134,23 @@ def verify_archive(path: Path, pinned: list[bytes] | None = None) -> Report:
     trusted = {key_id_of(k) for k in pinned} if pinned else set(keys)
     for public in pinned or []:
         keys.setdefault(key_id_of(public), public)
-    verifier = ChainVerifier(
-        checkpoints=checkpoints, public_keys=keys, trusted_keys=trusted, first_seq=manifest["first_seq"],
-        previous=bytes.fromhex(manifest["previous"]),
-        frontier=Frontier(manifest["frontier_size"], [bytes.fromhex(n) for n in manifest["frontier"]]),
-    )
-    report = verify_lines(records.splitlines(), verifier, expected_last_seq=manifest["last_seq"],
-                          expected_head=bytes.fromhex(manifest["head"]))
+    verifiers: list[ChainVerifier] = []
+
+    def make_verifier() -> ChainVerifier:
+        verifiers.append(ChainVerifier(
+            checkpoints=checkpoints, public_keys=keys, trusted_keys=trusted, first_seq=manifest["first_seq"],
+            previous=bytes.fromhex(manifest["previous"]),
+            frontier=Frontier(manifest["frontier_size"], [bytes.fromhex(n) for n in manifest["frontier"]]),
+        ))
+        return verifiers[-1]
+
+    report = verify_records(records, make_verifier, workers=workers, parallel_min=parallel_min,
+                            expected_last_seq=manifest["last_seq"],
+                            expected_head=bytes.fromhex(manifest["head"]))
     if not report.ok:
         return report
     signer = manifest.get("key_id")
-    if signer not in verifier.trusted or not verify_signature(keys.get(signer, b""), MANIFEST_DOMAIN, manifest_bytes, signature):
+    if signer not in verifiers[-1].trusted or not verify_signature(keys.get(signer, b""), MANIFEST_DOMAIN, manifest_bytes, signature):
         report.problem = Problem("bad signature on the manifest (or signed by an unknown key)")
         return report
     for name in FILES:

@@ -1,6 +1,6 @@
 """Audit chain cost and verification speed.
 
-1. Ledger transfers/s at 32 clients with the chain on (every transfer appends its event; the
+1. Ledger transfers/s at 32 clients (median of 3 alternating rounds) with the chain on (every transfer appends its event; the
    sealer runs alongside, as in `circuit serve`) and off (the ledger's audit hook replaced by a
    no-op in a scratch database), in the same run. Target: >= 80 % retained.
 2. Offline verification speed (records/s) of a 1,000,000-record archive written in the real
@@ -19,17 +19,20 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import warnings
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
 from sqlalchemy import text  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from audit.archive import FORMAT, pack, verify_archive  # noqa: E402
 from audit.canonical import GENESIS_HASH, canonical, record_hash, record_line  # noqa: E402
@@ -41,10 +44,12 @@ from ledger.database import create_engine, embedded_url, ensure_database, migrat
 from ledger.transfers import Posting, transfer  # noqa: E402
 
 CLIENTS = 32
+ROUNDS = 3
+KEY = generate()
 NO_AUDIT = "CREATE OR REPLACE FUNCTION ledger_audit(p_transfer_id bigint, p_postings jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$"
 
 
-async def transfers_per_second(url: str, seconds: float, chained: bool) -> float:
+async def prepare(url: str, chained: bool) -> tuple[AsyncEngine, list[tuple[int, int]]]:
     await ensure_database(url)
     engine = create_engine(url, pool_size=CLIENTS + 4, max_overflow=0)
     await migrate(engine)
@@ -54,8 +59,13 @@ async def transfers_per_second(url: str, seconds: float, chained: bool) -> float
             await conn.execute(text(NO_AUDIT))
         pairs = [(await open_account(conn, kind=AccountKind.ISSUER_FLOAT, unit="BUL"),
                   await open_account(conn, kind=AccountKind.WALLET, unit="BUL")) for _ in range(CLIENTS)]
+    return engine, pairs
+
+
+async def transfers_per_second(engine: AsyncEngine, pairs: list[tuple[int, int]], seconds: float, chained: bool,
+                               round_: int) -> float:
     stop = asyncio.Event()
-    sealer = asyncio.create_task(run_sealer(engine, generate(), stop)) if chained else None
+    sealer = asyncio.create_task(run_sealer(engine, KEY, stop)) if chained else None
     deadline = time.perf_counter() + seconds
     counts = [0] * CLIENTS
 
@@ -63,7 +73,7 @@ async def transfers_per_second(url: str, seconds: float, chained: bool) -> float
         source, target = pairs[index]
         while time.perf_counter() < deadline:
             async with engine.begin() as conn:
-                await transfer(conn, key=f"b-{index}-{counts[index]}", kind="payment",
+                await transfer(conn, key=f"b-{round_}-{index}-{counts[index]}", kind="payment",
                                postings=[Posting(source, -1), Posting(target, 1)])
             counts[index] += 1
 
@@ -75,8 +85,20 @@ async def transfers_per_second(url: str, seconds: float, chained: bool) -> float
         await sealer
         async with engine.connect() as conn:
             assert await conn.scalar(text("SELECT count(*) FROM audit_records WHERE event_type = 'ledger.transfer'")) > 0
-    await engine.dispose()
     return rate
+
+
+async def chain_cost(seconds: float) -> tuple[float, float]:
+    """Median rates with the chain on and off, measured in alternating rounds so that a change in
+    the machine's load hits both alike."""
+    on, off = await prepare(embedded_url("audit_on"), True), await prepare(embedded_url("audit_off"), False)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for round_ in range(ROUNDS):
+        for chained, (engine, pairs) in ((False, off), (True, on)):
+            rates[chained].append(await transfers_per_second(engine, pairs, seconds / ROUNDS, chained, round_))
+    for engine, _ in (on, off):
+        await engine.dispose()
+    return statistics.median(rates[True]), statistics.median(rates[False])
 
 
 def write_archive(path: Path, records: int) -> None:
@@ -97,8 +119,6 @@ def write_archive(path: Path, records: int) -> None:
         frontier.append(leaf_hash(digest))
         previous = digest
         if seq % 1000 == 0 or seq == records:
-            from datetime import datetime, timezone
-
             statement = checkpoint_statement(seq, frontier.root(), digest, datetime(2026, 11, 24, 11, tzinfo=timezone.utc), key.key_id)
             checkpoints.append(canonical({"size": seq, "statement": statement.decode(), "key_id": key.key_id,
                                           "signature": key.sign(CHECKPOINT_DOMAIN, statement).hex()}) + b"\n")
@@ -115,8 +135,7 @@ async def main(seconds: float, records: int) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="circuit-bench-audit-"))
     os.environ["CIRCUIT_DATA_DIR"] = str(directory)
     try:
-        unchained = await transfers_per_second(embedded_url("audit_off"), seconds, chained=False)
-        chained = await transfers_per_second(embedded_url("audit_on"), seconds, chained=True)
+        chained, unchained = await chain_cost(seconds)
         print(f"{CLIENTS} clients: chained {chained:.0f}/s, unchained {unchained:.0f}/s, retained {chained / unchained:.2f}",
               flush=True)
         archive = directory / "archive.zip"

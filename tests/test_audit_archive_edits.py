@@ -85,9 +85,12 @@ def test_any_single_edit_is_caught_at_the_first_affected_record(archive_bytes, t
     else:
         lines[index], lines[index + 1] = lines[index + 1], lines[index]
         first = index + 1
-    report = verify_archive(_with_records(archive_bytes, b"".join(lines), tmp_path), [KEY.public_bytes])
+    path = _with_records(archive_bytes, b"".join(lines), tmp_path)
+    report = verify_archive(path, [KEY.public_bytes])
     assert not report.ok
     assert report.problem.seq == first, (edit, str(report.problem))
+    # On two processes: the same verdict, the same first bad record.
+    assert verify_archive(path, [KEY.public_bytes], workers=2, parallel_min=1).problem == report.problem
 
 
 CANONICAL_SCRIPT = """

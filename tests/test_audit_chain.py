@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from audit.archive import export_archive, verify_archive
+from audit import verify_parallel
 from audit.chain import append, rotate_key, seal
 from audit.keys import generate
 from audit.live import consistency, record_with_proof, verify_database
@@ -133,6 +134,22 @@ async def test_an_exported_archive_verifies_offline_and_its_export_is_itself_rec
     report = verify_archive(path)
     assert report.ok, report.problem
     assert report.first_seq == 1 and report.records == report.last_seq
+    assert report.closures and report.last_checkpoint
+
+
+async def test_an_archive_checked_on_two_processes_gives_the_one_pass_report(engine, tmp_path, monkeypatch):
+    path = tmp_path / "audit.zip"
+    async with engine.begin() as conn:
+        await export_archive(conn, KEY, path, date(2000, 1, 1), datetime.now(timezone.utc).date() + timedelta(days=2))
+    one_pass = verify_archive(path, workers=1)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the parallel verifier fell back to one pass on a clean archive")
+
+    monkeypatch.setattr(verify_parallel, "verify_lines", no_fallback)
+    parallel = verify_archive(path, workers=2, parallel_min=1)
+    assert one_pass.ok and parallel == one_pass
+    assert any(c["kind"] == "day" for c in parallel.closures)
 
 
 # Tampering behind the application's back, as the database superuser with triggers off.
