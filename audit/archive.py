@@ -94,7 +94,7 @@ async def export_archive(conn: AsyncConnection, key: SigningKey, path: Path, fir
         "from": manifest["from"], "to": manifest["to"], "first_seq": first_seq, "last_seq": last_seq,
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
     })
-    return manifest
+    return json.loads(manifest_bytes)  # as signed: with the files' hashes and the key id
 
 
 def parse_public_key(value: str) -> bytes:

@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -39,7 +42,7 @@ def embedded_env(tmp_path) -> dict[str, str]:
     return env
 
 
-def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedded_env):
+def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedded_env, tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"],
@@ -66,6 +69,22 @@ def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedd
         account = httpx.get(f"{base}/ledger/accounts/1",
                             headers={"Authorization": f"Bearer {login.json()['token']}"})
         assert account.status_code == 200 and account.json()["kind"] == "issuer_float"
+
+        # An auditor's archive of today, written beside the running server and checked offline.
+        today = datetime.now(ZoneInfo("Europe/Paris")).date().isoformat()
+        archive, altered = tmp_path / "audit.zip", tmp_path / "altered.zip"
+        exported = circuit("audit", "export", "--from", today, "--to", today, "-o", str(archive), env=embedded_env)
+        assert exported.stdout.startswith(f"wrote {archive}: records 1..") and "signed by key" in exported.stdout
+        pinned = circuit("audit", "public-key", env=embedded_env).stdout.split()[-1]
+        assert circuit("audit", "verify", str(archive), "--key", pinned, env=embedded_env).stdout.startswith("OK: ")
+        with zipfile.ZipFile(archive) as source, zipfile.ZipFile(altered, "w") as target:
+            for name in source.namelist():
+                content = source.read(name)
+                if name == "records.jsonl":  # the first wallet credited 90.00 instead of 50.00
+                    content = content.replace(b'"BUL",5000]', b'"BUL",9000]', 1)
+                target.writestr(name, content)
+        refused = circuit("audit", "verify", str(altered), "--key", pinned, env=embedded_env, check=False)
+        assert refused.returncode == 1 and "record 2 (line 2): content altered" in refused.stdout + refused.stderr
     finally:
         server.terminate()
         server.wait(timeout=30)
