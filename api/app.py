@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import TokenAuthMiddleware
 from api.errors import EXCEPTION_HANDLERS
+from api.features import collect
 from api.logging import configure_logging
 from api.routes.auditor import AuditorController, public_keys
 from api.routes.auth import AuthController
@@ -104,6 +105,7 @@ def create_app(
         if background:
             jobs = [asyncio.create_task(_sweep_holds(app.state.engine)),
                     asyncio.create_task(run_sealer(app.state.engine, audit_signing_key(), stop))]
+            jobs += [asyncio.create_task(job(app.state.engine, stop)) for job in collect("JOBS")]
         try:
             yield
         finally:
@@ -115,11 +117,11 @@ def create_app(
                 await app.state.engine.dispose()
 
     return Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, *collect("ROUTES")],
         lifespan=[lifespan],
         state=State({"engine": engine}),
         dependencies={"db_engine": Provide(_engine_of, sync_to_thread=False)},
-        middleware=[request_id_middleware, DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS)],
+        middleware=[request_id_middleware, DefineMiddleware(TokenAuthMiddleware, exclude=[*PUBLIC_PATHS, *collect("PUBLIC_PATHS")])],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="Circuit", version="0.1.0",

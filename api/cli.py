@@ -12,6 +12,7 @@ import importlib
 import sys
 import warnings
 
+from api.features import collect
 from ledger.errors import DomainError
 
 COMMAND_MODULES = ["api.commands.core", "api.commands.audit"]
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for register in collect("COMMANDS"):
+        register(subparsers)
     return parser
 
 

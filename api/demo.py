@@ -6,6 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import create_user
+from api.features import features
 from ledger.accounts import ensure_unit
 from ledger.scheme import create_issuer, create_merchant, create_programme, issue, open_wallet
 
@@ -29,7 +30,7 @@ async def seed_demo(conn: AsyncConnection) -> str:
     await ensure_unit(conn, "BUL", "Bulle")
     issuer_id = await create_issuer(conn, name=DEMO_ISSUER, siren="732829320")
     bulle = await create_programme(conn, issuer_id=issuer_id, kind="local_currency", name="La Bulle", unit="BUL")
-    await create_programme(conn, issuer_id=issuer_id, kind="gift", name="Chèque cadeau Cœur de ville", unit="EUR")
+    gift = await create_programme(conn, issuer_id=issuer_id, kind="gift", name="Chèque cadeau Cœur de ville", unit="EUR")
 
     merchant_ids = []
     for legal, trade in (
@@ -57,8 +58,17 @@ async def seed_demo(conn: AsyncConnection) -> str:
         )
 
     users = ", ".join(email for email, _ in DEMO_USERS)
-    return (
+    lines = [
         f"demo scheme seeded: issuer {issuer_id}, programmes 'La Bulle' (BUL) and gift vouchers (EUR), "
-        f"{len(merchant_ids)} merchants, {len(wallet_ids)} wallets with 50.00 BUL each.\n"
-        f"users: {users} — password {DEMO_PASSWORD}"
-    )
+        f"{len(merchant_ids)} merchants, {len(wallet_ids)} wallets with 50.00 BUL each.",
+        f"users: {users} — password {DEMO_PASSWORD}",
+    ]
+    demo = {"issuer_id": issuer_id, "programmes": {"bulle": bulle.id, "gift": gift.id},
+            "merchant_ids": merchant_ids, "wallet_ids": wallet_ids, "password": DEMO_PASSWORD,
+            "users": dict(DEMO_USERS)}
+    seeders = [module for module in features() if hasattr(module, "seed_demo")]
+    for module in sorted(seeders, key=lambda module: getattr(module, "DEMO_ORDER", 50)):
+        line = await module.seed_demo(conn, demo)
+        if line:
+            lines.append(line)
+    return "\n".join(lines)

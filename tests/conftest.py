@@ -25,6 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger.database import asyncpg_url, create_engine, migrate, start_embedded_server
 
+# Each capability keeps its shared fixtures in tests/fixtures_<capability>.py: found here.
+pytest_plugins = sorted(f"fixtures_{path.stem.removeprefix('fixtures_')}"
+                        for path in Path(__file__).parent.glob("fixtures_*.py"))
+
 
 @pytest.fixture(scope="session")
 def server_url():
