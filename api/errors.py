@@ -6,6 +6,7 @@ error response itself: it raises (or lets through) a domain error, and this maps
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import structlog
@@ -61,8 +62,19 @@ def problem(request: Request, status: int, code: str, detail: str, **extra: Any)
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
 
 
+@cache
+def _status_by_code() -> dict[str, int]:
+    """The foundation's codes and every capability's ``ERROR_STATUS`` (see api/features)."""
+    from api.features import features
+
+    statuses = dict(STATUS_BY_CODE)
+    for module in features():
+        statuses.update(getattr(module, "ERROR_STATUS", {}))
+    return statuses
+
+
 def _domain(request: Request, error: domain.DomainError) -> Response:
-    status = STATUS_BY_CODE.get(error.code, DOMAIN_STATUS_DEFAULT)
+    status = _status_by_code().get(error.code, DOMAIN_STATUS_DEFAULT)
     if error.message_fr:
         return problem(request, status, error.code, error.message, detail_fr=error.message_fr, **error.details)
     return problem(request, status, error.code, error.message, **error.details)

@@ -6,6 +6,7 @@ and may define any of:
 - ``ROUTES``: Litestar route handlers (controllers, routers) to mount;
 - ``PUBLIC_PATHS``: path regexes served without a token (static pages, key sets, webhooks);
 - ``JOBS``: ``async def job(engine, stop: asyncio.Event)`` periodic tasks started by ``serve``;
+- ``ERROR_STATUS``: ``{code: http_status}`` for the capability's domain error codes (422 if absent);
 - ``COMMANDS``: ``register(subparsers)`` functions adding ``circuit`` sub-commands;
 - ``DEMO_ORDER`` (int, lower first) and ``async def seed_demo(conn, demo: dict) -> str | None``:
   adds to the demo scheme; ``demo`` carries what earlier seeders made (issuer, programmes,
