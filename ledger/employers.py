@@ -87,7 +87,7 @@ async def get_employer(conn: AsyncConnection, employer_id: int) -> Employer:
 async def list_employers(conn: AsyncConnection, *, issuer_id: int | None = None) -> list[Employer]:
     rows = (await conn.execute(
         text("SELECT id, issuer_id, name, siret, address, created_at FROM employers "
-             "WHERE :issuer_id IS NULL OR issuer_id = :issuer_id ORDER BY id"),
+             "WHERE CAST(:issuer_id AS bigint) IS NULL OR issuer_id = :issuer_id ORDER BY id"),
         {"issuer_id": issuer_id},
     )).all()
     return [Employer(*row) for row in rows]

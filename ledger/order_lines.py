@@ -133,6 +133,8 @@ def parse_csv(data: bytes, *, min_cents: int, max_cents: int) -> list[LineIn]:
     if b"\x00" in data:
         raise OrderLinesRefused([LineProblem(0, "file", "this is not a text (CSV) file", "ce n'est pas un fichier texte (CSV)")])
     content = _decode(data)
+    if not content.strip():
+        raise OrderLinesRefused([LineProblem(0, "file", "the file is empty", "le fichier est vide")])
     first = content.split("\n", 1)[0]
     delimiter = max((";", ",", "\t"), key=first.count)
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)

@@ -181,7 +181,7 @@ async def get_order(conn: AsyncConnection, order_id: int, *, for_update: bool = 
 
 async def list_orders(conn: AsyncConnection, *, employer_id: int | None = None) -> list[Order]:
     rows = (await conn.execute(
-        text(f"SELECT {_COLUMNS} FROM voucher_orders WHERE :e IS NULL OR employer_id = :e ORDER BY id"),
+        text(f"SELECT {_COLUMNS} FROM voucher_orders WHERE CAST(:e AS bigint) IS NULL OR employer_id = :e ORDER BY id"),
         {"e": employer_id},
     )).all()
     return [Order(*row) for row in rows]
@@ -206,7 +206,7 @@ async def get_logo(conn: AsyncConnection, order_id: int) -> Logo | None:
 def _require(order: Order, action: str) -> str:
     allowed, target = TRANSITIONS[action]
     if order.status not in allowed:
-        raise IllegalTransition(order_id=order.id, status=order.status, action=action,
+        raise IllegalTransition(order_id=order.id, order_status=order.status, action=action,
                                 allowed_from=sorted(allowed))
     return target
 
@@ -215,7 +215,7 @@ async def _draft(conn: AsyncConnection, order_id: int) -> Order:
     order = await get_order(conn, order_id, for_update=True)
     if order.status != "draft":
         raise IllegalTransition("Only a draft order can be changed.", message_fr="Seule une commande en brouillon peut être modifiée.",
-                                order_id=order_id, status=order.status, action="edit", allowed_from=["draft"])
+                                order_id=order_id, order_status=order.status, action="edit", allowed_from=["draft"])
     return order
 
 

@@ -193,7 +193,7 @@ async def get_rules(conn: AsyncConnection, programme_id: int, *, for_update: boo
 
 async def list_rules(conn: AsyncConnection, *, issuer_id: int | None = None) -> list[ProgrammeRules]:
     rows = (await conn.execute(
-        text(f"SELECT {_COLUMNS} FROM programmes WHERE :issuer_id IS NULL OR issuer_id = :issuer_id ORDER BY id"),
+        text(f"SELECT {_COLUMNS} FROM programmes WHERE CAST(:issuer_id AS bigint) IS NULL OR issuer_id = :issuer_id ORDER BY id"),
         {"issuer_id": issuer_id},
     )).all()
     return [_rules(row) for row in rows]

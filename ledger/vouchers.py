@@ -405,7 +405,7 @@ async def extend_validity(conn: AsyncConnection, voucher_id: int, *, expires_at:
     if expires_at.tzinfo is None:
         raise InvalidInput("the new expiry needs a time zone", message_fr="la nouvelle échéance doit porter un fuseau horaire")
     if voucher.status != "active" or expires_at <= voucher.expires_at:
-        raise NotExtendable(voucher_id=voucher_id, status=voucher.status, expires_at=voucher.expires_at.isoformat())
+        raise NotExtendable(voucher_id=voucher_id, voucher_status=voucher.status, expires_at=voucher.expires_at.isoformat())
     token = sign_token(await active_key(conn), voucher_id=voucher.id, programme_id=voucher.programme_id,
                        expires_at=expires_at)
     await conn.execute(

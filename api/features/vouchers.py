@@ -195,7 +195,8 @@ async def _employer_scope(conn: AsyncConnection, user: AuthUser) -> int | None:
         return None
     employer_id = await employer_domain.employer_of_user(conn, user.id)
     if employer_id is None:
-        raise ApiError(403, "no_employer", "This user does not act for any employer yet.")
+        raise ApiError(403, "no_employer", "This user does not act for any employer yet.",
+                       detail_fr="Cet utilisateur n'agit encore pour aucun employeur.")
     return employer_id
 
 
@@ -204,7 +205,7 @@ async def _order_for(conn: AsyncConnection, user: AuthUser, order_id: int, *, fo
     scope = await _employer_scope(conn, user)
     if scope is not None and order.employer_id != scope:
         # Not "forbidden": another employer's order numbers are none of this user's business.
-        raise ApiError(404, "not_found", "No order has this id.")
+        raise ApiError(404, "not_found", "No order has this id.", detail_fr="Aucune commande ne porte ce numéro.")
     return order
 
 
@@ -375,7 +376,8 @@ class OrdersController(Controller):
             scope = await _employer_scope(conn, request.user)
             employer_id = scope if scope is not None else data.employer_id
             if employer_id is None or (scope is not None and data.employer_id not in (None, scope)):
-                raise ApiError(422, "employer_required", "Say which employer the order is for (employer_id).")
+                raise ApiError(422, "employer_required", "Say which employer the order is for (employer_id).",
+                               detail_fr="Indiquez pour quel employeur est la commande (employer_id).")
             order = await order_domain.create_order(
                 conn, employer_id=employer_id, programme_id=data.programme_id, event=data.event,
                 event_label=data.event_label, message=data.message, colour_primary=data.colour_primary,
@@ -530,7 +532,7 @@ class VouchersController(Controller):
         voucher = await voucher_domain.get_voucher(conn, voucher_id)
         scope = await _employer_scope(conn, user)
         if scope is not None and voucher.employer_id != scope:
-            raise ApiError(404, "not_found", "No voucher has this id.")
+            raise ApiError(404, "not_found", "No voucher has this id.", detail_fr="Aucun titre ne porte ce numéro.")
         return voucher
 
     @get("/{voucher_id:int}")
@@ -740,7 +742,7 @@ ERROR_STATUS = {
     "invalid_siren": 422, "invalid_siret": 422, "invalid_programme_rules": 422, "not_accepted_here": 422,
     "employer_exists": 409, "order_lines_refused": 422, "logo_refused": 415, "logo_too_large": 413,
     "invalid_colour": 422, "invalid_message": 422, "illegal_transition": 409, "payment_mismatch": 422,
-    "order_empty": 409, "face_value_out_of_range": 422, "voucher_not_found": 404, "revoked": 409, "expired": 409,
+    "order_empty": 409, "order_not_issued": 409, "face_value_out_of_range": 422, "voucher_not_found": 404, "revoked": 409, "expired": 409,
     "not_extendable": 409, "token_malformed": 422, "unknown_signing_key": 422, "bad_signature": 422,
     "code_malformed": 422, "code_check_failed": 422,
 }
