@@ -9,18 +9,16 @@ amount, the last valid day and where it is accepted. Rendering is pure (no datab
 
 from __future__ import annotations
 
-import copy
 import csv
 import html
 import io
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
+from functools import lru_cache
 
-import font_source_sans_pro
 import qrcode
-from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from PIL import Image
 from qrcode.constants import ERROR_CORRECT_Q
@@ -34,7 +32,12 @@ from ledger.programmes import PARIS, ProgrammeRules, get_rules
 from ledger.tokens import format_code
 from ledger.vouchers import Voucher, vouchers_of_order
 
-FONT = "SourceSans"
+# PDF's standard Helvetica with the Windows-1252 encoding: French, English, Basque, Occitan,
+# Breton, "€" and "œ" all fit, and no font is embedded or subset (which costs more than
+# drawing a voucher). A character outside it degrades to its unaccented letter.
+FONT = "helvetica"
+PDF_ENCODING = "windows-1252"
+QR_CACHE_SIZE = 4_096
 CARDS_PER_PAGE = 3
 CARD_W_MM, CARD_H_MM = 190.0, 88.0
 MARGIN_MM = 10.0
@@ -120,14 +123,18 @@ def acceptance_text(programme: ProgrammeRules, language: str) -> str:
 # --- QR --------------------------------------------------------------------------------------
 
 def qr_matrix(token: str) -> list[list[bool]]:
-    """The QR modules of a token: alphanumeric mode, error correction Q, smallest version."""
+    """The QR modules of a token: alphanumeric mode, error correction Q, smallest version,
+    the mask the QR standard's penalty rules pick."""
     qr = qrcode.QRCode(error_correction=ERROR_CORRECT_Q, border=0)
     qr.add_data(token)
     qr.make(fit=True)
     return qr.get_matrix()
 
 
-def qr_png(token: str, *, module_px: int = 8) -> bytes:
+@lru_cache(maxsize=QR_CACHE_SIZE)
+def qr_image(token: str) -> Image.Image:
+    """The QR as a 1-bit image, one pixel per module, with the standard quiet zone. Cached:
+    an order's PDF, its ZIP and its single PDFs draw the same codes."""
     matrix = qr_matrix(token)
     side = len(matrix) + 2 * QR_BORDER_MODULES
     image = Image.new("1", (side, side), 1)
@@ -136,52 +143,54 @@ def qr_png(token: str, *, module_px: int = 8) -> bytes:
         for x, dark in enumerate(row):
             if dark:
                 pixels[x + QR_BORDER_MODULES, y + QR_BORDER_MODULES] = 0
+    return image
+
+
+def qr_png(token: str, *, module_px: int = 8) -> bytes:
+    image = qr_image(token)
     out = io.BytesIO()
-    image.resize((side * module_px, side * module_px), Image.NEAREST).save(out, format="PNG", optimize=True)
+    image.resize((image.width * module_px, image.height * module_px), Image.NEAREST).save(out, format="PNG", optimize=True)
     return out.getvalue()
-
-
-def _draw_qr(pdf: FPDF, token: str, x: float, y: float, size: float) -> None:
-    """The QR as vector rectangles (one per run of dark modules): sharp at any print size."""
-    matrix = qr_matrix(token)
-    side = len(matrix) + 2 * QR_BORDER_MODULES
-    module = size / side
-    pdf.set_fill_color(255, 255, 255)
-    pdf.rect(x, y, size, size, style="F")
-    pdf.set_fill_color(0, 0, 0)
-    for row_index, row in enumerate(matrix):
-        top = y + (row_index + QR_BORDER_MODULES) * module
-        start = None
-        for col, dark in enumerate([*row, False]):
-            if dark and start is None:
-                start = col
-            elif not dark and start is not None:
-                pdf.rect(x + (start + QR_BORDER_MODULES) * module, top, (col - start) * module, module, style="F")
-                start = None
 
 
 # --- PDF -------------------------------------------------------------------------------------
 
-@cache
-def _template() -> FPDF:
-    """A document with the fonts loaded; copied for each PDF, since parsing a font costs more
-    than drawing a voucher."""
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(False)
-    pdf.add_font(FONT, "", font_source_sans_pro.font_files_ttf["SourceSansPro"])
-    pdf.add_font(FONT, "B", font_source_sans_pro.font_files_ttf["SourceSansProBold"])
-    pdf.add_font(FONT, "I", font_source_sans_pro.font_files_ttf["SourceSansProIt"])
-    pdf.set_creator("Circuit")
-    return pdf
+# Letters Unicode does not decompose into a base letter and an accent.
+_PDF_SUBSTITUTES = {"\u202f": "\xa0", "\u2009": " ", "\u2011": "-", "\u2212": "-", "Ł": "L", "ł": "l",
+                    "Đ": "D", "đ": "d", "Ħ": "H", "ħ": "h", "ı": "i", "Ŧ": "T", "ŧ": "t"}
+
+
+def pdf_text(value: str) -> str:
+    """``value`` with every character Helvetica-in-Windows-1252 cannot show replaced by its
+    closest letter (ł → l, ő → o) or, failing that, by "?"."""
+    try:
+        value.encode(PDF_ENCODING)
+        return value
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for character in value:
+        character = _PDF_SUBSTITUTES.get(character, character)
+        try:
+            character.encode(PDF_ENCODING)
+        except UnicodeEncodeError:
+            plain = unicodedata.normalize("NFKD", character).encode("ascii", "ignore").decode()
+            character = plain or "?"
+        out.append(character)
+    return "".join(out)
+
+
+class _VoucherPDF(FPDF):
+    def normalize_text(self, text: str) -> str:
+        return super().normalize_text(pdf_text(text))
 
 
 def _new_pdf(title: str) -> FPDF:
-    pdf = copy.deepcopy(_template())
-    # fpdf2's copy shares each font's fontTools object, which subsetting then cuts down in
-    # place: give each document its own (opening one lazily costs microseconds).
-    for font in pdf.fonts.values():
-        font.ttfont = TTFont(font.ttffile, recalcTimestamp=False, lazy=True)
-    pdf.set_title(title)
+    pdf = _VoucherPDF(orientation="P", unit="mm", format="A4")
+    pdf.core_fonts_encoding = PDF_ENCODING
+    pdf.set_auto_page_break(False)
+    pdf.set_creator("Circuit")
+    pdf.set_title(pdf_text(title))
     return pdf
 
 
@@ -255,7 +264,7 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
     pdf.cell(body_w, 3, f"{batch.issuer_name}{siren} · n° {voucher.id}")
 
     qr_x, qr_y = x + CARD_W_MM - QR_MM - 6, y + 20
-    _draw_qr(pdf, voucher.token, qr_x, qr_y, QR_MM)
+    pdf.image(qr_image(voucher.token), x=qr_x, y=qr_y, w=QR_MM, h=QR_MM)
     pdf.set_text_color(20, 20, 20)
     pdf.set_font(FONT, "B", 11)
     pdf.set_xy(qr_x - 4, qr_y + QR_MM + 1)
