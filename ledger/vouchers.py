@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append
 from ledger.errors import DomainError, InvalidInput, NotFound
-from ledger.programmes import ProgrammeRules, get_rules
+from ledger.programmes import ProgrammeRules, breakage_account, get_rules
 from ledger.tokens import (
     VoucherKey,
     new_code,
@@ -433,9 +433,8 @@ async def expire_due(conn: AsyncConnection, *, actor: str = "system", now: datet
     rows = (await conn.execute(
         text(
             """
-            SELECT v.id, v.programme_id, v.account_id, p.breakage_account_id,
-                   a.balance_cents - a.pending_debits_cents AS left_cents
-            FROM vouchers v JOIN programmes p ON p.id = v.programme_id JOIN accounts a ON a.id = v.account_id
+            SELECT v.id, v.programme_id, v.account_id, a.balance_cents - a.pending_debits_cents AS left_cents
+            FROM vouchers v JOIN accounts a ON a.id = v.account_id
             WHERE v.status = 'active' AND v.expires_at <= :now
             ORDER BY v.id LIMIT :limit FOR UPDATE OF v SKIP LOCKED
             """
@@ -455,7 +454,7 @@ async def expire_due(conn: AsyncConnection, *, actor: str = "system", now: datet
             result = await transfer(
                 conn, key=f"voucher-expire-{programme_id}-{group[0].id}-{group[-1].id}-{len(group)}", kind="voucher.expire",
                 postings=[*(Posting(row.account_id, -row.left_cents) for row in funded),
-                          Posting(group[0].breakage_account_id, moved)],
+                          Posting(await breakage_account(conn, programme_id), moved)],
                 metadata={"programme_id": programme_id, "vouchers": len(funded)},
             )
             transfer_id = result.transfer_id
