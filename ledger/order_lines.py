@@ -23,7 +23,7 @@ NAME_LENGTH_MAX = 200
 EMAIL_LENGTH_MAX = 254
 ERRORS_REPORTED_MAX = 500
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_AMOUNT = re.compile(r"^(\d{1,7})(?:[.,](\d{1,2}))?$")
+_AMOUNT = re.compile(r"^([-+]?)(\d{1,7})(?:[.,](\d{1,2}))?$")
 _HEADERS = {
     "name": ("name", "nom", "beneficiary", "beneficiaire", "beneficiary_name", "nom_prenom", "salarie", "employee"),
     "email": ("email", "e_mail", "mail", "courriel", "adresse_email", "adresse_mail"),
@@ -65,13 +65,14 @@ def _key(header: str) -> str:
 
 
 def parse_amount(raw: str) -> int | None:
-    """Cents from a written amount, or None if it is not one (signs are not amounts)."""
+    """Signed cents from a written amount, or None if it is not one."""
     cleaned = raw.replace("€", "").replace("EUR", "").replace("\u00a0", "").replace("\u202f", "").replace(" ", "").strip()
     match = _AMOUNT.match(cleaned)
     if not match:
         return None
-    euros, cents = match.groups()
-    return int(euros) * 100 + int((cents or "0").ljust(2, "0"))
+    sign, euros, cents = match.groups()
+    value = int(euros) * 100 + int((cents or "0").ljust(2, "0"))
+    return -value if sign == "-" else value
 
 
 def check_lines(

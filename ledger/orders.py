@@ -33,7 +33,7 @@ from ledger.order_lines import LineIn
 from ledger.programmes import ProgrammeRules, get_rules
 from ledger.scheme import RESERVE_UNIT
 from ledger.transfers import Posting, reverse, transfer
-from ledger.vouchers import Voucher, VoucherLine, issue_vouchers, vouchers_of_order
+from ledger.vouchers import Voucher, VoucherLine, issue_vouchers
 
 PARIS = ZoneInfo("Europe/Paris")
 VAT_RATE_BP = 2_000  # 20 % VAT on the scheme's purchase fee
@@ -434,6 +434,17 @@ async def cancel(conn: AsyncConnection, order_id: int, *, reason: str, actor: st
     return await get_order(conn, order_id)
 
 
+def format_money(amount_cents: int, unit: str, language: str = "fr") -> str:
+    """An amount as a person reads it: "1 234,50 €" in French, "1,234.50 €" in English."""
+    whole, cents = divmod(abs(amount_cents), 100)
+    sign = "-" if amount_cents < 0 else ""
+    if language == "en":
+        number = f"{sign}{whole:,}.{cents:02d}"
+    else:
+        number = f"{sign}{whole:,}".replace(",", "\u202f") + f",{cents:02d}"
+    return f"{number} €" if unit == "EUR" else f"{number} {unit}"
+
+
 def quote_as_dict(fixed: Quote) -> dict[str, Any]:
     return {
         "lines_count": fixed.lines_count, "face_value_cents": fixed.face_value_cents, "fee_bp": fixed.fee_bp,
@@ -442,11 +453,12 @@ def quote_as_dict(fixed: Quote) -> dict[str, Any]:
         "warnings": [
             {"code": "above_urssaf_ceiling", "beneficiary_name": w.beneficiary_name, "line_nos": list(w.line_nos),
              "amount_cents": w.amount_cents, "ceiling_cents": w.ceiling_cents,
-             "message": f"{w.beneficiary_name} receives {w.amount_cents / 100:.2f} € for this event, above the "
-                        f"{w.ceiling_cents / 100:.2f} € URSSAF tolerance: the whole gift becomes subject to social contributions.",
-             "message_fr": f"{w.beneficiary_name} reçoit {w.amount_cents / 100:.2f} € pour cet événement, au-delà de la "
-                           f"tolérance URSSAF de {w.ceiling_cents / 100:.2f} € : la totalité du cadeau devient soumise "
-                           "à cotisations sociales."}
+             "message": f"{w.beneficiary_name} receives {format_money(w.amount_cents, 'EUR', 'en')} for this event, "
+                        f"above the {format_money(w.ceiling_cents, 'EUR', 'en')} URSSAF tolerance: the whole gift becomes "
+                        "subject to social contributions.",
+             "message_fr": f"{w.beneficiary_name} reçoit {format_money(w.amount_cents, 'EUR')} pour cet événement, au-delà "
+                           f"de la tolérance URSSAF de {format_money(w.ceiling_cents, 'EUR')} : la totalité du cadeau "
+                           "devient soumise à cotisations sociales."}
             for w in fixed.warnings
         ],
     }

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.cobranding import Logo, rgb
 from ledger.errors import NotFound
-from ledger.orders import get_logo, get_order
+from ledger.orders import format_money, get_logo, get_order
 from ledger.programmes import PARIS, ProgrammeRules, get_rules
 from ledger.tokens import format_code
 from ledger.vouchers import Voucher, vouchers_of_order
@@ -91,14 +91,6 @@ DEFAULT_BRANDING = Branding(None, "", "#1F4E79", "#F2C14E", None)
 
 def _words(language: str) -> dict[str, str]:
     return _WORDS.get(language, _WORDS["en"])
-
-
-def money(amount_cents: int, unit: str, language: str = "fr") -> str:
-    whole, cents = divmod(abs(amount_cents), 100)
-    sign = "-" if amount_cents < 0 else ""
-    grouped = f"{whole:,}".replace(",", "\u202f" if language == "fr" else ",")
-    number = f"{sign}{grouped},{cents:02d}" if language != "en" else f"{sign}{grouped}.{cents:02d}"
-    return f"{number} €" if unit == "EUR" else f"{number} {unit}"
 
 
 def last_valid_day(voucher: Voucher, language: str = "en") -> str:
@@ -232,7 +224,7 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
     pdf.set_text_color(20, 20, 20)
     pdf.set_font(FONT, "B", 26)
     pdf.set_xy(x + 4, y + 20)
-    pdf.cell(body_w, 11, money(voucher.face_value_cents, programme.unit))
+    pdf.cell(body_w, 11, format_money(voucher.face_value_cents, programme.unit))
     pdf.set_font(FONT, "", 9.5)
     if voucher.beneficiary_name:
         pdf.set_xy(x + 4, y + 32)
@@ -343,7 +335,7 @@ class OrderNotIssued(NotFound):
 
 
 async def load_order_batch(conn: AsyncConnection, order_id: int) -> Batch:
-    vouchers = await vouchers_of_order(conn, order_id)
+    vouchers = await vouchers_of_order(conn, order_id, current=True)
     if not vouchers:
         raise OrderNotIssued(order_id=order_id)
     return await load_batch(conn, vouchers)
@@ -408,7 +400,7 @@ def voucher_html(page: Page) -> str:
         state = f'<p class="state">{fr["expired"]} · {other["expired"]}</p>'
     rows = "".join(
         f"<tr><td>{e(s.at.astimezone(PARIS).strftime('%d/%m/%Y %H:%M'))}</td><td>{e(s.merchant or '')}</td>"
-        f"<td class=\"num\">{e(money(s.amount_cents, programme.unit))}</td></tr>"
+        f"<td class=\"num\">{e(format_money(s.amount_cents, programme.unit))}</td></tr>"
         for s in page.history
     ) or f'<tr><td colspan="3">{fr["none"]} · {e(other["none"])}</td></tr>'
     message = f'<p class="message">{e(brand.message)}</p>' if brand.message else ""
@@ -439,7 +431,7 @@ def voucher_html(page: Page) -> str:
 <section>
  {state}
  <p class="small">{fr['balance']} · {e(other['balance'])}</p>
- <p class="balance" id="balance">{e(money(page.balance_cents, programme.unit))}</p>
+ <p class="balance" id="balance">{e(format_money(page.balance_cents, programme.unit))}</p>
  <p><strong>{fr['valid_until']} {last_valid_day(voucher, 'fr')}</strong> · {e(other['valid_until'])} {last_valid_day(voucher, second)}</p>
  <img class="qr" src="{PAGE_BASE_URL}{e(voucher.page_secret)}/qr.png" alt="QR">
  <p class="code" id="code">{e(format_code(voucher.code))}</p>
