@@ -25,7 +25,7 @@ from qrcode.constants import ERROR_CORRECT_Q
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.cobranding import Logo, rgb
+from ledger.cobranding import LOGO_PRINT_H_MM, LOGO_PRINT_W_MM, Logo, rgb
 from ledger.errors import NotFound
 from ledger.orders import format_money, get_logo, get_order
 from ledger.programmes import PARIS, ProgrammeRules, get_rules
@@ -210,7 +210,8 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
     if brand.logo is not None:
         pdf.set_fill_color(255, 255, 255)
         pdf.rect(x + 3, y + 2, 30, 12, style="F")
-        pdf.image(_logo_image(brand.logo), x=x + 4, y=y + 2.5, h=11, keep_aspect_ratio=True, w=28)
+        pdf.image(_logo_image(brand.logo), x=x + 4, y=y + 2.5, w=LOGO_PRINT_W_MM, h=LOGO_PRINT_H_MM,
+                  keep_aspect_ratio=True)
         text_left = x + 36
     pdf.set_text_color(255, 255, 255)
     pdf.set_font(FONT, "B", 14)

@@ -123,6 +123,7 @@ async def test_zero_negative_and_over_limit_amounts_in_json_are_refused(client, 
     (b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>", 415, "logo_refused"),
     (b"<svg xmlns='http://www.w3.org/2000/svg'><image href='https://tracker.example/x.png'/></svg>", 415, "logo_refused"),
     (b"<?xml version='1.0'?><!DOCTYPE svg [<!ENTITY x 'y'>]><svg xmlns='http://www.w3.org/2000/svg'/>", 415, "logo_refused"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'><circle cx='5' cy='5' r='4'/></svg>", 415, "logo_refused"),  # no size
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * (600 * 1024), 413, "logo_too_large"),
 ])
 async def test_fake_or_oversize_logos_are_refused(client, engine, scheme, content, status, code):
