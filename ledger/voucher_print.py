@@ -186,10 +186,6 @@ def _new_pdf(title: str) -> FPDF:
     return pdf
 
 
-def _logo_image(logo: Logo) -> io.BytesIO:
-    return io.BytesIO(logo.data)
-
-
 def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None:
     programme, brand = batch.programme, batch.branding
     second = programme.second_language
@@ -210,7 +206,7 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
     if brand.logo is not None:
         pdf.set_fill_color(255, 255, 255)
         pdf.rect(x + 3, y + 2, 30, 12, style="F")
-        pdf.image(_logo_image(brand.logo), x=x + 4, y=y + 2.5, w=LOGO_PRINT_W_MM, h=LOGO_PRINT_H_MM,
+        pdf.image(io.BytesIO(brand.logo.data), x=x + 4, y=y + 2.5, w=LOGO_PRINT_W_MM, h=LOGO_PRINT_H_MM,
                   keep_aspect_ratio=True)
         text_left = x + 36
     pdf.set_text_color(255, 255, 255)

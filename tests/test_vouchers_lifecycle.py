@@ -234,3 +234,23 @@ async def test_operator_downloads_a_single_voucher_pdf(client, operator, issue_v
     response = await client.get(f"/vouchers/{issued.id}/voucher.pdf", headers=operator)
     assert response.status_code == 200 and response.content.startswith(b"%PDF")
     assert f'filename="voucher-{issued.code}.pdf"' in response.headers["content-disposition"]
+
+
+async def test_the_operator_changes_programme_rules_over_http_with_an_audit_event(client, operator, engine, make_programme):
+    programme = await make_programme(validity_months=12)
+    changed = await client.patch(f"/programmes/{programme.id}", headers=operator, json={
+        "valid_until": (date.today() + timedelta(days=400)).isoformat(), "second_language": "eu",
+        "texts": {"fr": {"name": "Chèque cadeau"}, "eu": {"name": "Opari txekea"}},
+        "categories_excluded": ["supermarket"]})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["validity_months"], body["second_language"], body["texts"]["eu"]["name"]) == (None, "eu", "Opari txekea")
+    listed = (await client.get("/programmes", headers=operator)).json()
+    assert programme.id in [p["id"] for p in listed]
+    async with engine.connect() as conn:
+        (event,) = [e for e in await audit_events(conn, "programme.changed") if e["programme_id"] == programme.id]
+    assert event["changes"]["validity_months"] == {"before": 12, "after": None}
+    assert event["changes"]["second_language"] == {"before": "en", "after": "eu"}
+    refused = await client.patch(f"/programmes/{programme.id}", headers=operator, json={"second_language": "fr"})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_programme_rules"
+    assert refused.json()["field"] == "second_language"
