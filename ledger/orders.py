@@ -282,24 +282,25 @@ def _fee(face_value_cents: int, basis_points: int) -> int:
     return (face_value_cents * basis_points + 5_000) // 10_000
 
 
-async def quote(conn: AsyncConnection, order: Order, *, at: datetime | None = None) -> Quote:
-    """What the order costs and what to warn about, from its lines and its programme's fee."""
+async def quote(conn: AsyncConnection, order: Order, *, ceiling: tuple[int, int] | None = None) -> Quote:
+    """What the order costs and what to warn about, from its lines and its programme's fee,
+    against ``ceiling`` (year, cents): by default the one in force this year."""
     programme = await get_rules(conn, order.programme_id)
     lines = await get_lines(conn, order.id)
     face = sum(line.amount_cents for line in lines)
     fee = _fee(face, programme.purchase_fee_bp)
     vat = _fee(fee, VAT_RATE_BP)
-    year, ceiling = await gift_ceiling(conn, (at or datetime.now(timezone.utc)).astimezone(PARIS).year)
+    year, ceiling_cents = ceiling or await gift_ceiling(conn, datetime.now(timezone.utc).astimezone(PARIS).year)
     # The tolerance is per beneficiary per event: two lines for one person add up.
     per_person: dict[tuple[str, str], list[OrderLine]] = {}
     for line in lines:
         per_person.setdefault((line.beneficiary_name.casefold(), (line.beneficiary_email or "").casefold()), []).append(line)
     warnings = tuple(
         CeilingWarning(group[0].beneficiary_name, group[0].beneficiary_email, tuple(line.line_no for line in group),
-                       sum(line.amount_cents for line in group), ceiling)
-        for group in per_person.values() if sum(line.amount_cents for line in group) > ceiling
+                       sum(line.amount_cents for line in group), ceiling_cents)
+        for group in per_person.values() if sum(line.amount_cents for line in group) > ceiling_cents
     )
-    return Quote(len(lines), face, programme.purchase_fee_bp, fee, vat, face + fee + vat, year, ceiling, warnings)
+    return Quote(len(lines), face, programme.purchase_fee_bp, fee, vat, face + fee + vat, year, ceiling_cents, warnings)
 
 
 async def confirm(conn: AsyncConnection, order_id: int, *, actor: str) -> tuple[Order, Quote]:
@@ -326,15 +327,15 @@ async def confirm(conn: AsyncConnection, order_id: int, *, actor: str) -> tuple[
 
 
 async def fixed_quote(conn: AsyncConnection, order: Order) -> Quote:
-    """The quote as fixed at confirmation (warnings recomputed from the unchanged lines)."""
+    """The quote as fixed at confirmation (its warnings recomputed from the lines, which cannot
+    have changed since, against the ceiling fixed with it)."""
     row = (await conn.execute(
         text("SELECT lines_count, face_value_cents, fee_bp, fee_cents, fee_vat_cents, total_cents, ceiling_year, "
              "ceiling_cents FROM voucher_orders WHERE id = :id"), {"id": order.id},
     )).one()
     if row.total_cents is None:
         return await quote(conn, order)
-    live = await quote(conn, order)
-    warnings = tuple(w for w in live.warnings if w.amount_cents > row.ceiling_cents)
+    warnings = (await quote(conn, order, ceiling=(row.ceiling_year, row.ceiling_cents))).warnings
     return Quote(row.lines_count, row.face_value_cents, row.fee_bp, row.fee_cents, row.fee_vat_cents, row.total_cents,
                  row.ceiling_year, row.ceiling_cents, warnings)
 
