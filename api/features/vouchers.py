@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
+import hmac
+import os
 import time
 from collections import deque
 from datetime import date, datetime, time as clock_time, timedelta, timezone
@@ -638,6 +641,62 @@ async def voucher_page_qr(secret: FromPath[str], db_engine: NamedDependency[Asyn
     return Response(voucher_print.qr_png(voucher.token), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+# --- the bank's payment webhook ---------------------------------------------------------------
+
+PAYMENTS_WEBHOOK_PATH = "/webhooks/voucher-payments"
+WEBHOOK_SECRET_ENV = "CIRCUIT_PAYMENT_WEBHOOK_SECRET"
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+class WebhookPaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: int
+    amount_cents: int
+    reference: Annotated[str, msgspec.Meta(max_length=140)]
+
+
+def _check_webhook_signature(request: Request, body: bytes) -> None:
+    """``X-Circuit-Signature: sha256=<hex>`` is HMAC-SHA256 with the shared secret over
+    ``<X-Circuit-Timestamp>.<raw body>``; a timestamp more than five minutes off is a replay."""
+    secret = os.environ.get(WEBHOOK_SECRET_ENV, "")
+    if not secret:
+        raise ApiError(404, "not_found", "No payment webhook is configured here.",
+                       detail_fr="Aucun webhook de paiement n'est configuré ici.")
+    stamp = request.headers.get("x-circuit-timestamp", "")
+    given = request.headers.get("x-circuit-signature", "").removeprefix("sha256=")
+    expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    fresh = stamp.isdigit() and abs(time.time() - int(stamp)) <= WEBHOOK_TOLERANCE_SECONDS
+    if not (fresh and hmac.compare_digest(given, expected)):
+        raise ApiError(401, "bad_webhook_signature", "The webhook's signature or timestamp is not valid.",
+                       detail_fr="La signature ou l'horodatage du webhook n'est pas valide.")
+
+
+@post(PAYMENTS_WEBHOOK_PATH, exclude_from_auth=True, status_code=200, tags=["vouchers: orders"])
+async def payment_webhook(request: Request, db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    """The bank (or a payment provider) reports the transfer for a confirmed order: the order is
+    paid and issued, as when an operator records it. Delivering the same payment again is harmless."""
+    body = await request.body()
+    _check_webhook_signature(request, body)
+    try:
+        payment = msgspec.json.decode(body, type=WebhookPaymentIn)
+    except msgspec.ValidationError as error:
+        raise ApiError(400, "invalid_request", f"The payment notice is malformed: {error}",
+                       detail_fr="L'avis de paiement est mal formé.") from None
+    async with db_engine.begin() as conn:
+        await set_actor(conn, "webhook:payments")
+        order = await order_domain.get_order(conn, payment.order_id, for_update=True)
+        # The same notice delivered again: nothing to book twice; finish the issue if it had failed.
+        again = order.payment_reference == payment.reference.strip()
+        if again and order.status == "issued":
+            return await _order_out(conn, order)
+        if not (again and order.status == "paid"):
+            await order_domain.record_payment(conn, payment.order_id, amount_cents=payment.amount_cents,
+                                              reference=payment.reference, actor="webhook:payments")
+    async with db_engine.begin() as conn:
+        await set_actor(conn, "webhook:payments")
+        order, _ = await order_domain.issue(conn, payment.order_id, actor="webhook:payments")
+        return await _order_out(conn, order)
+
+
 # --- jobs, commands, demo --------------------------------------------------------------------
 
 async def expiry_job(engine: AsyncEngine, stop: asyncio.Event) -> None:
@@ -733,9 +792,11 @@ async def seed_demo(conn: AsyncConnection, demo: dict) -> str:
             f"culture programme {culture.id}")
 
 
-ROUTES = [ProgrammesController, OrdersController, VouchersController, voucher_keys, balance_enquiry, voucher_page,
+ROUTES = [ProgrammesController, OrdersController, VouchersController, voucher_keys, balance_enquiry, payment_webhook,
+          voucher_page,
           voucher_page_qr]
-PUBLIC_PATHS = ["^/\\.well-known/circuit-voucher-keys\\.json$", "^/public/vouchers/balance$", "^/v/"]
+PUBLIC_PATHS = ["^/\\.well-known/circuit-voucher-keys\\.json$", "^/public/vouchers/balance$", "^/v/",
+                "^/webhooks/voucher-payments$"]
 JOBS = [expiry_job]
 COMMANDS = [register]
 ERROR_STATUS = {
