@@ -206,3 +206,10 @@ async def test_an_employer_sees_only_its_own_orders(client, scheme):
     assert order_id not in [o["id"] for o in (await client.get("/voucher-orders", headers=scheme["other"])).json()]
     _refused(await client.post("/programmes", headers=scheme["employer"], json={
         "issuer_id": scheme["issuer_id"], "kind": "gift", "name": "Mine"}), 403, "forbidden")
+    _refused(await client.patch(f"/programmes/{scheme['programme_id']}", headers=scheme["employer"],
+                                json={"purchase_fee_bp": 0}), 403, "forbidden")
+    _refused(await client.get(f"/programmes/{scheme['programme_id']}/statistics", headers=scheme["employer"]),
+             403, "forbidden")
+    _refused(await client.get("/employers", headers=scheme["employer"]), 403, "forbidden")
+    readable = await client.get(f"/programmes/{scheme['programme_id']}", headers=scheme["employer"])
+    assert readable.status_code == 200 and readable.json()["face_value_max_cents"] == 20000

@@ -283,12 +283,16 @@ _balance_limiter = _RateLimiter(BALANCE_REQUESTS_PER_MINUTE)
 
 # --- operators: issuers, programmes, employers ---------------------------------------------
 
+_OPERATOR = [requires(Role.OPERATOR)]
+# Employers read the programmes they may order from; only operators change anything.
+_READERS = [requires(Role.OPERATOR, Role.EMPLOYER)]
+
+
 class ProgrammesController(Controller):
     path = "/"
     tags = ["vouchers: programmes"]
-    guards = [requires(Role.OPERATOR)]
 
-    @post("/issuers", status_code=201)
+    @post("/issuers", status_code=201, guards=_OPERATOR)
     async def create_issuer(self, request: Request, data: JSONBody[IssuerIn], db_engine: NamedDependency[AsyncEngine]) -> IssuerOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
@@ -296,7 +300,7 @@ class ProgrammesController(Controller):
             siren = await conn.scalar(text("SELECT siren FROM issuers WHERE id = :id"), {"id": issuer_id})
         return IssuerOut(issuer_id, data.name.strip(), siren)
 
-    @post("/programmes", status_code=201)
+    @post("/programmes", status_code=201, guards=_OPERATOR)
     async def create_programme(self, request: Request, data: JSONBody[ProgrammeIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
         rules = {f: getattr(data, f) for f in programme_domain.RULE_FIELDS}
         rules["texts"] = _texts(data.texts)
@@ -306,17 +310,17 @@ class ProgrammesController(Controller):
                 conn, issuer_id=data.issuer_id, kind=data.kind, unit=data.unit, actor=_actor(request.user), **rules)
         return _programme_out(created)
 
-    @get("/programmes")
+    @get("/programmes", guards=_READERS)
     async def list_programmes(self, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
         async with db_engine.connect() as conn:
             return [_programme_out(r) for r in await programme_domain.list_rules(conn)]
 
-    @get("/programmes/{programme_id:int}")
+    @get("/programmes/{programme_id:int}", guards=_READERS)
     async def programme(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
         async with db_engine.connect() as conn:
             return _programme_out(await programme_domain.get_rules(conn, programme_id))
 
-    @patch("/programmes/{programme_id:int}")
+    @patch("/programmes/{programme_id:int}", guards=_OPERATOR)
     async def change_programme(self, request: Request, programme_id: FromPath[int], data: JSONBody[ProgrammeChange],
                                db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
@@ -331,13 +335,13 @@ class ProgrammesController(Controller):
             changed = await programme_domain.update_programme(conn, programme_id, actor=_actor(request.user), **changes)
         return _programme_out(changed)
 
-    @get("/programmes/{programme_id:int}/statistics")
+    @get("/programmes/{programme_id:int}/statistics", guards=_OPERATOR)
     async def statistics(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
         async with db_engine.connect() as conn:
             found = await voucher_domain.programme_statistics(conn, programme_id)
         return dataclasses.asdict(found)
 
-    @post("/employers", status_code=201)
+    @post("/employers", status_code=201, guards=_OPERATOR)
     async def create_employer(self, request: Request, data: JSONBody[EmployerIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
@@ -347,13 +351,13 @@ class ProgrammesController(Controller):
         return {"id": employer.id, "issuer_id": employer.issuer_id, "name": employer.name, "siret": employer.siret,
                 "address": employer.address}
 
-    @get("/employers")
+    @get("/employers", guards=_OPERATOR)
     async def list_employers(self, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
         async with db_engine.connect() as conn:
             return [{"id": e.id, "issuer_id": e.issuer_id, "name": e.name, "siret": e.siret, "address": e.address}
                     for e in await employer_domain.list_employers(conn)]
 
-    @post("/employers/{employer_id:int}/users", status_code=201)
+    @post("/employers/{employer_id:int}/users", status_code=201, guards=_OPERATOR)
     async def create_employer_user(self, request: Request, employer_id: FromPath[int], data: JSONBody[EmployerUserIn],
                                    db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
         async with db_engine.begin() as conn:
