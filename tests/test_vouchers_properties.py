@@ -122,3 +122,81 @@ def test_any_clean_list_survives_a_spreadsheet_export(lines, encoding, delimiter
         writer.writerow([name, "", written.replace(".", ",") if french_decimals else written])
     parsed = parse_csv(out.getvalue().encode(encoding), min_cents=1, max_cents=2_000_000)
     assert [(line.beneficiary_name, line.amount_cents) for line in parsed] == lines
+
+
+TRANSITIONS = {"confirm": ({"draft"}, "confirmed"), "pay": ({"confirmed"}, "paid"), "issue": ({"paid"}, "issued"),
+               "cancel": ({"draft", "confirmed", "paid"}, "cancelled"), "lines": ({"draft"}, "draft")}
+
+
+def test_an_order_moves_only_along_its_allowed_transitions(database_url):
+    """Any sequence of actions on an order: each either follows an allowed edge or is refused
+    with illegal_transition and changes nothing (no order row, line, transfer or voucher)."""
+    from ledger.errors import DomainError
+
+    loop = asyncio.new_event_loop()
+    engine = create_engine(database_url, pool_size=2, max_overflow=0)
+    scheme: dict[str, int] = {}
+
+    async def setup() -> None:
+        async with engine.begin() as conn:
+            issuer_id = await create_issuer(conn, name="Office (states)", siren="732829320", actor="test")
+            scheme["programme"] = (await create_programme(conn, issuer_id=issuer_id, kind="gift", unit="EUR",
+                                                          actor="test", name="Chèque états")).id
+            scheme["employer"] = (await create_employer(conn, issuer_id=issuer_id, name="Employeur états",
+                                                        siret="73282932000074", actor="test")).id
+
+    async def snapshot(order_id: int) -> tuple:
+        async with engine.connect() as conn:
+            return tuple([await conn.scalar(text("SELECT status FROM voucher_orders WHERE id = :id"), {"id": order_id})]
+                         + [await conn.scalar(text(f"SELECT count(*) FROM {t}"))
+                            for t in ("voucher_order_lines", "transfers", "vouchers", "audit_inbox")])
+
+    async def act(order_id: int, action: str) -> None:
+        async with engine.begin() as conn:
+            if action == "confirm":
+                await orders.confirm(conn, order_id, actor="test")
+            elif action == "pay":
+                total = (await orders.fixed_quote(conn, await orders.get_order(conn, order_id))).total_cents
+                await orders.record_payment(conn, order_id, amount_cents=total, reference="VIR", actor="test")
+            elif action == "issue":
+                await orders.issue(conn, order_id, actor="test")
+            elif action == "cancel":
+                await orders.cancel(conn, order_id, reason="changed our mind", actor="test")
+            else:
+                await orders.replace_lines(conn, order_id, [LineIn("Ada", None, 2500), LineIn("Bob", None, 3000)],
+                                           actor="test")
+
+    async def story(steps: list[str]) -> None:
+        async with engine.begin() as conn:
+            order = await orders.create_order(conn, employer_id=scheme["employer"], programme_id=scheme["programme"],
+                                              event="birth", actor="test")
+            await orders.replace_lines(conn, order.id, [LineIn("Ada", None, 2500)], actor="test")
+        status = "draft"
+        for action in steps:
+            before = await snapshot(order.id)
+            allowed, target = TRANSITIONS[action]
+            try:
+                await act(order.id, action)
+            except DomainError as refusal:
+                assert status not in allowed, (status, action, refusal.code)
+                assert refusal.code == "illegal_transition"
+                assert await snapshot(order.id) == before
+                continue
+            assert status in allowed, (status, action)
+            status = target
+            assert (await snapshot(order.id))[0] == status
+        async with engine.connect() as conn:
+            assert (await check_ledger(conn)).ok
+
+    loop.run_until_complete(setup())
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.sampled_from(sorted(TRANSITIONS)), max_size=7))
+    def run(steps):
+        loop.run_until_complete(story(steps))
+
+    try:
+        run()
+    finally:
+        loop.run_until_complete(engine.dispose())
+        loop.close()
