@@ -395,6 +395,8 @@ def voucher_html(page: Page) -> str:
         state = f'<p class="state">{fr["revoked"]} · {other["revoked"]}</p>'
     elif voucher.status == "expired" or voucher.expires_at <= datetime.now(voucher.expires_at.tzinfo):
         state = f'<p class="state">{fr["expired"]} · {other["expired"]}</p>'
+    # A revoked or expired voucher shows no QR: no one should try to pay with it.
+    qr = "" if state else f'<img class="qr" src="{PAGE_BASE_URL}{e(voucher.page_secret)}/qr.png" alt="QR">'
     rows = "".join(
         f"<tr><td>{e(s.at.astimezone(PARIS).strftime('%d/%m/%Y %H:%M'))}</td><td>{e(s.merchant or '')}</td>"
         f"<td class=\"num\">{e(format_money(s.amount_cents, programme.unit))}</td></tr>"
@@ -430,7 +432,7 @@ def voucher_html(page: Page) -> str:
  <p class="small">{fr['balance']} · {e(other['balance'])}</p>
  <p class="balance" id="balance">{e(format_money(page.balance_cents, programme.unit))}</p>
  <p><strong>{fr['valid_until']} {last_valid_day(voucher, 'fr')}</strong> · {e(other['valid_until'])} {last_valid_day(voucher, second)}</p>
- <img class="qr" src="{PAGE_BASE_URL}{e(voucher.page_secret)}/qr.png" alt="QR">
+ {qr}
  <p class="code" id="code">{e(format_code(voucher.code))}</p>
  {message}{offered}
  <p class="small">{fr['accepted']} : {e(acceptance_text(programme, 'fr'))}<br>{e(other['accepted'])}: {e(acceptance_text(programme, second))}</p>

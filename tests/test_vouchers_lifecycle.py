@@ -95,6 +95,9 @@ async def test_a_lost_voucher_is_revoked_over_http_and_its_old_token_refused(cli
     assert refused.value.code == "revoked"
     enquiry = await client.post("/public/vouchers/balance", json={"code": issued.code})
     assert enquiry.json()["status"] == "revoked" and enquiry.json()["balance_cents"] == 0
+    old_page = (await client.get(f"/v/{issued.page_secret}")).text
+    assert "Révoqué" in old_page and 'class="qr"' not in old_page
+    assert 'class="qr"' in (await client.get(replacement["page_path"])).text
     again = await client.post(f"/vouchers/{issued.id}/revoke", headers=operator, json={"reason": "twice"})
     assert again.status_code == 409 and again.json()["code"] == "revoked"
 
