@@ -69,7 +69,10 @@ def _status_by_code() -> dict[str, int]:
 
     statuses = dict(STATUS_BY_CODE)
     for module in features():
-        statuses.update(getattr(module, "ERROR_STATUS", {}))
+        for code, status in getattr(module, "ERROR_STATUS", {}).items():
+            # One code, one meaning: a second capability may not give it another status.
+            if statuses.setdefault(code, status) != status:
+                raise RuntimeError(f"error code {code!r} mapped to {statuses[code]} and {status} ({module.__name__})")
     return statuses
 
 

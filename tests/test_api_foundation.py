@@ -180,3 +180,11 @@ async def test_hold_post_void_and_reverse_over_http(client, operator, bulle):
                              headers={**operator, "Idempotency-Key": f"undo-post-{wallet}"})
     assert undo.status_code == 201 and undo.json()["reverses_id"] == posted.json()["id"]
     assert (await client.get(f"/ledger/accounts/{wallet}", headers=operator)).json()["balance_cents"] == 3000
+
+
+def test_every_error_code_has_one_http_status_across_capabilities():
+    from api.errors import _status_by_code
+
+    _status_by_code.cache_clear()
+    statuses = _status_by_code()
+    assert statuses["not_found"] == 404 and statuses["insufficient_funds"] == 409
