@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from api.features import vouchers as feature
+from api.routes import vouchers as routes
 from fixtures_vouchers import audit_events
 from ledger.programmes import PARIS
 from ledger.tokens import format_code, verify_token
@@ -24,7 +25,7 @@ def _keys(body: dict) -> dict[str, bytes]:
 
 @pytest.fixture(autouse=True)
 def fresh_rate_limit():
-    feature._balance_limiter.seen.clear()
+    routes._balance_limiter.seen.clear()
 
 
 async def _spend(engine, account_id: int, amount_cents: int, key: str) -> None:
@@ -58,8 +59,8 @@ async def test_the_balance_enquiry_reveals_only_balance_and_expiry(client, engin
 async def test_the_balance_enquiry_is_rate_limited(client, issue_voucher):
     issued = await issue_voucher(1000)
     statuses = [(await client.post("/public/vouchers/balance", json={"code": issued.code})).status_code
-                for _ in range(feature.BALANCE_REQUESTS_PER_MINUTE + 2)]
-    assert statuses[:feature.BALANCE_REQUESTS_PER_MINUTE] == [200] * feature.BALANCE_REQUESTS_PER_MINUTE
+                for _ in range(routes.BALANCE_REQUESTS_PER_MINUTE + 2)]
+    assert statuses[:routes.BALANCE_REQUESTS_PER_MINUTE] == [200] * routes.BALANCE_REQUESTS_PER_MINUTE
     assert statuses[-2:] == [429, 429]
     refused = await client.post("/public/vouchers/balance", json={"code": issued.code})
     assert refused.json()["code"] == "rate_limited" and refused.json()["retry_after_s"] > 0

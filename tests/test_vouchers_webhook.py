@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from api.features.vouchers import PAYMENTS_WEBHOOK_PATH, WEBHOOK_SECRET_ENV
+from api.routes.vouchers import PAYMENTS_WEBHOOK_PATH, WEBHOOK_SECRET_ENV
 from fixtures_vouchers import valid_siret
 
 SECRET = "a shared secret the bank knows"
