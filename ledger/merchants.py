@@ -487,3 +487,23 @@ async def suspend(conn: AsyncConnection, merchant_id: int, *, reason: str, actor
 
 async def reinstate(conn: AsyncConnection, merchant_id: int, *, reason: str | None, actor: str) -> None:
     await _move(conn, merchant_id, "approved", reason, actor)
+
+
+class MerchantSuspended(DomainError):
+    code = "merchant_suspended"
+    message = "This shop is suspended by the scheme: it cannot take or refund vouchers for now."
+    message_fr = "Ce commerce est suspendu par le réseau : il ne peut ni encaisser ni rembourser pour le moment."
+
+
+class MerchantNotApproved(DomainError):
+    code = "merchant_not_approved"
+    message = "This shop is not approved yet (or was not approved): it cannot take vouchers."
+    message_fr = "Ce commerce n'est pas (encore) agréé : il ne peut pas encaisser de titres."
+
+
+def check_can_act(status: str) -> None:
+    """Refuse any taking or refund unless the merchant is approved."""
+    if status == "suspended":
+        raise MerchantSuspended()
+    if status != "approved":
+        raise MerchantNotApproved(current_status=status)

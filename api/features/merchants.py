@@ -7,8 +7,9 @@ The HTTP side lives in ``merchant_app_api``; the domain in ``ledger.merchants`` 
 from __future__ import annotations
 
 from merchant_app_api.onboarding import ApplicationController, MerchantReviewController
+from merchant_app_api.staff import StaffController
 
-ROUTES = [ApplicationController, MerchantReviewController]
+ROUTES = [ApplicationController, MerchantReviewController, StaffController]
 
 ERROR_STATUS = {
     "merchant_not_found": 404,
@@ -16,4 +17,6 @@ ERROR_STATUS = {
     "siret_taken": 409,
     "merchant_status_conflict": 409,
     "programme_refuses_merchant": 409,
+    "merchant_suspended": 403,
+    "merchant_not_approved": 403,
 }

@@ -7,13 +7,22 @@ also count failures and be locked until a time. Each check is one upsert stateme
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from litestar import Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.errors import ApiError
+
+LOGINS_PER_IP_PER_MINUTE = 120  # a shop, an office behind one address: the per-email lock does the rest
+LOGIN_FAILURES_MAX = 5  # in a row, for one email: then the email is locked
+LOGIN_LOCK_SECONDS = 15 * 60
+_LOGIN_FAILURES = ("bad_credentials", "bad_totp")
+
+T = TypeVar("T")
 
 _HIT_SQL = text(
     """
@@ -86,3 +95,24 @@ def locked_error(until: datetime) -> ApiError:
     return ApiError(429, "login_locked", f"Too many failed sign-ins; try again in {retry_after_s} s.",
                     detail_fr=f"Trop d'échecs de connexion ; réessayez dans {retry_after_s} s.",
                     retry_after_s=retry_after_s)
+
+
+async def guarded_login(
+    engine: AsyncEngine, *, ip: str, email: str, attempt: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    """Run a sign-in ``attempt`` in its own transaction behind the IP rate limit and the
+    email's lockout; a wrong password or code counts towards the lock, a success resets it."""
+    await hit(engine, f"login:ip:{ip}", limit=LOGINS_PER_IP_PER_MINUTE, window_s=60)
+    key = f"login:email:{email.strip().lower()}"
+    until = await locked_until(engine, [key])
+    if until is not None:
+        raise locked_error(until)
+    try:
+        async with engine.begin() as conn:
+            result = await attempt(conn)
+            await clear_failures(conn, key)
+            return result
+    except ApiError as error:
+        if error.code in _LOGIN_FAILURES:
+            await record_failure(engine, key, failures_max=LOGIN_FAILURES_MAX, lock_s=LOGIN_LOCK_SECONDS)
+        raise
