@@ -26,6 +26,7 @@ from stdnum.fr import siret as siret_number
 from audit.chain import append
 from ledger.accounts import AccountKind, open_account
 from ledger.errors import DomainError, InvalidInput, NotFound
+from ledger.programmes import acceptance, get_rules
 
 NAME_LENGTH_MAX = 200
 ADDRESS_LENGTH_MAX = 200
@@ -430,7 +431,7 @@ async def approve(
 
 async def programme_refusal(conn: AsyncConnection, programme_id: int, category: str | None, merchant_id: int) -> str | None:
     """Why the programme's acceptance rules refuse this merchant, or None."""
-    return None
+    return acceptance(await get_rules(conn, programme_id), category, merchant_id)
 
 
 async def refuse_programme(
