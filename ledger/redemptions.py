@@ -26,7 +26,7 @@ from audit.canonical import canonical, utc_text
 from audit.chain import append
 from audit.keys import SigningKey, verify_signature
 from ledger import merchants, tokens, vouchers
-from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, NotFound
+from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound
 from ledger.programmes import NotAcceptedHere, ProgrammeRules, acceptance, get_rules
 from ledger.transfers import AMOUNT_CENTS_MAX, KEY_LENGTH_MAX, Posting, transfer
 
@@ -35,7 +35,9 @@ RECEIPT_DOMAIN = b"circuit-receipt-v1\x00"
 RECEIPT_VERSION = 1
 REFUND_WINDOW_DAYS_DEFAULT = 30
 TAKINGS_PAGE_MAX = 500
-CLIENT_KEY_LENGTH_MAX = 64  # leaves room for the prefix in the ledger's 128-character key
+CLIENT_KEY_LENGTH_MAX = 64
+# The ledger key is "voucher.redeem:<merchant id>:<client key>": it must fit the ledger's limit.
+assert len("voucher.redeem:") + 20 + 1 + CLIENT_KEY_LENGTH_MAX <= KEY_LENGTH_MAX
 
 
 class UnknownVoucher(DomainError):
@@ -229,8 +231,8 @@ async def preview(conn: AsyncConnection, *, merchant_id: int, token: str | None 
 
 def _check_client_key(client_key: str) -> None:
     if not isinstance(client_key, str) or not 1 <= len(client_key) <= CLIENT_KEY_LENGTH_MAX:
-        raise AmountInvalid(f"the idempotency key has 1 to {CLIENT_KEY_LENGTH_MAX} characters",
-                            message_fr=f"la clé d'idempotence a de 1 à {CLIENT_KEY_LENGTH_MAX} caractères")
+        raise InvalidInput(f"the idempotency key has 1 to {CLIENT_KEY_LENGTH_MAX} characters",
+                           message_fr=f"la clé d'idempotence a de 1 à {CLIENT_KEY_LENGTH_MAX} caractères")
 
 
 def _check_amount(amount_cents: Any) -> None:
@@ -254,10 +256,11 @@ async def _replay(conn: AsyncConnection, merchant_id: int, client_key: str, **re
         return None
     if any(getattr(row, column) != value for column, value in request.items()):
         raise IdempotencyConflict(key=client_key)
-    return _receipt(row)
+    return stored_receipt(row)
 
 
-def _receipt(row: Any) -> Receipt:
+def stored_receipt(row: Any) -> Receipt:
+    """The receipt kept on a taking row (columns receipt, receipt_signature, receipt_key_id)."""
     return Receipt(orjson.loads(bytes(row.receipt)), b64url(bytes(row.receipt_signature)), row.receipt_key_id,
                    replayed=True)
 
@@ -313,7 +316,7 @@ async def _receipt_of_transfer(conn: AsyncConnection, transfer_id: int) -> Recei
     row = (await conn.execute(
         text("SELECT receipt, receipt_signature, receipt_key_id FROM merchant_takings WHERE transfer_id = :id"),
         {"id": transfer_id})).one()
-    return _receipt(row)
+    return stored_receipt(row)
 
 
 async def redeem(

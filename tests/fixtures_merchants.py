@@ -9,10 +9,12 @@ capability's ``make_programme``); ``merchant_issuer``: its issuer, with categori
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 
 import pyotp
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,6 +38,19 @@ def fresh_siret() -> str:
     siren_body = f"8{next(_siret_counter) * 7919 % 10**7:07d}"
     body = siren_body + luhn.calc_check_digit(siren_body) + f"{uuid.uuid4().int % 10**4:04d}"
     return body + luhn.calc_check_digit(body)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def receipt_key_file(tmp_path_factory) -> str:
+    """Receipts are signed with a key made for the test session, never the user's own."""
+    path = str(tmp_path_factory.mktemp("receipt-key") / "receipt-signing-key.pem")
+    previous = os.environ.get("CIRCUIT_RECEIPT_KEY_FILE")
+    os.environ["CIRCUIT_RECEIPT_KEY_FILE"] = path
+    yield path
+    if previous is None:
+        del os.environ["CIRCUIT_RECEIPT_KEY_FILE"]
+    else:
+        os.environ["CIRCUIT_RECEIPT_KEY_FILE"] = previous
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ The HTTP side lives in ``merchant_app_api``; the domain in ``ledger.merchants`` 
 from __future__ import annotations
 
 from merchant_app_api.onboarding import ApplicationController, MerchantReviewController
+from merchant_app_api.receipts import receipt_keys
+from merchant_app_api.redeem import RedeemController
 from merchant_app_api.staff import StaffController
 
-ROUTES = [ApplicationController, MerchantReviewController, StaffController]
+ROUTES = [ApplicationController, MerchantReviewController, StaffController, RedeemController, receipt_keys]
 
 ERROR_STATUS = {
     "merchant_not_found": 404,
@@ -19,4 +21,15 @@ ERROR_STATUS = {
     "programme_refuses_merchant": 409,
     "merchant_suspended": 403,
     "merchant_not_approved": 403,
+    "unknown_voucher": 404,
+    "bad_signature": 422,
+    "expired": 409,
+    "revoked": 409,
+    "not_accepted_here": 403,
+    "insufficient_balance": 409,
+    "amount_invalid": 422,
+    "already_refunded": 409,
+    "refund_not_allowed": 403,
+    "refund_exceeds_balance": 409,
+    "taking_not_found": 404,
 }
