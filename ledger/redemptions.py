@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import text
@@ -28,13 +27,12 @@ from audit.keys import SigningKey, verify_signature
 from ledger import merchants, tokens, vouchers
 from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound
 from ledger.programmes import NotAcceptedHere, ProgrammeRules, acceptance, get_rules
+from ledger.takings import paris_day
 from ledger.transfers import AMOUNT_CENTS_MAX, KEY_LENGTH_MAX, Posting, transfer
 
-PARIS = ZoneInfo("Europe/Paris")
 RECEIPT_DOMAIN = b"circuit-receipt-v1\x00"
 RECEIPT_VERSION = 1
 REFUND_WINDOW_DAYS_DEFAULT = 30
-TAKINGS_PAGE_MAX = 500
 CLIENT_KEY_LENGTH_MAX = 64
 # The ledger key is "voucher.redeem:<merchant id>:<client key>": it must fit the ledger's limit.
 assert len("voucher.redeem:") + 20 + 1 + CLIENT_KEY_LENGTH_MAX <= KEY_LENGTH_MAX
@@ -127,24 +125,6 @@ class Receipt:
     @property
     def taking_id(self) -> int:
         return self.body["taking_id"]
-
-
-@dataclass(frozen=True, slots=True)
-class Taking:
-    id: int
-    kind: str
-    programme_id: int
-    programme_name: str
-    unit: str
-    amount_cents: int
-    voucher_id: int | None
-    code_hint: str | None
-    wallet_id: int | None
-    refund_of: int | None
-    refunded_by: int | None
-    user_id: int | None
-    transfer_id: int
-    effective_at: datetime
 
 
 def b64url(raw: bytes) -> str:
@@ -360,17 +340,6 @@ async def redeem(
 
 
 # --- refund ---------------------------------------------------------------------------------
-
-def paris_day(moment: datetime) -> date:
-    return moment.astimezone(PARIS).date()
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    """The UTC instants where a Paris calendar day starts and ends."""
-    start = datetime.combine(day, time(), PARIS)
-    end = datetime.combine(day + timedelta(days=1), time(), PARIS)
-    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
-
 
 async def _live_voucher(conn: AsyncConnection, voucher: vouchers.Voucher) -> vouchers.Voucher:
     """The voucher that now holds what was left of ``voucher``: itself, or the replacement it

@@ -10,8 +10,10 @@ from merchant_app_api.onboarding import ApplicationController, MerchantReviewCon
 from merchant_app_api.receipts import receipt_keys
 from merchant_app_api.redeem import RedeemController
 from merchant_app_api.staff import StaffController
+from merchant_app_api.takings import TakingsController
 
-ROUTES = [ApplicationController, MerchantReviewController, StaffController, RedeemController, receipt_keys]
+ROUTES = [ApplicationController, MerchantReviewController, StaffController, RedeemController, TakingsController,
+          receipt_keys]
 
 ERROR_STATUS = {
     "merchant_not_found": 404,
@@ -32,4 +34,6 @@ ERROR_STATUS = {
     "refund_not_allowed": 403,
     "refund_exceeds_balance": 409,
     "taking_not_found": 404,
+    "day_already_closed": 409,
+    "day_not_started": 422,
 }
