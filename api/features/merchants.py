@@ -7,13 +7,17 @@ The HTTP side lives in ``merchant_app_api``; the domain in ``ledger.merchants`` 
 from __future__ import annotations
 
 from merchant_app_api.onboarding import ApplicationController, MerchantReviewController
+from merchant_app_api.app_files import shop_app
 from merchant_app_api.receipts import receipt_keys
 from merchant_app_api.redeem import RedeemController
 from merchant_app_api.staff import StaffController
 from merchant_app_api.takings import TakingsController
 
 ROUTES = [ApplicationController, MerchantReviewController, StaffController, RedeemController, TakingsController,
-          receipt_keys]
+          receipt_keys, shop_app]
+
+# The phone web app's files (its data all comes from the API, behind sign-in).
+PUBLIC_PATHS = ["^/shop(/|$)"]
 
 ERROR_STATUS = {
     "merchant_not_found": 404,
