@@ -22,7 +22,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.canonical import canonical, utc_text
-from audit.chain import append
 from audit.keys import SigningKey, verify_signature
 from ledger import merchants, tokens, vouchers
 from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound
@@ -142,6 +141,17 @@ def _hint(code: str) -> str:
 
 # --- finding the voucher --------------------------------------------------------------------
 
+# Voucher signing keys are only ever added (a retired key still verifies its tokens), so the
+# known set is kept in memory and read again only for a key id not seen yet.
+_public_keys_known: dict[str, bytes] = {}
+
+
+async def _public_keys(conn: AsyncConnection, key_id: str) -> dict[str, bytes]:
+    if key_id not in _public_keys_known:
+        _public_keys_known.update(await vouchers.public_keys(conn))
+    return _public_keys_known
+
+
 async def _find(conn: AsyncConnection, *, token: str | None, code: str | None, for_update: bool) -> vouchers.Voucher:
     """The voucher of a scanned token or a typed code, or a refusal among the scheme's codes."""
     if bool(token) == bool(code):
@@ -149,7 +159,11 @@ async def _find(conn: AsyncConnection, *, token: str | None, code: str | None, f
                              message_fr="Envoyez soit le titre scanné, soit le code saisi.")
     try:
         if token:
-            return await vouchers.voucher_for_token(conn, token, for_update=for_update)
+            claims = tokens.verify_token(token, await _public_keys(conn, tokens.read_token(token)[0].key_id))
+            voucher = await vouchers.get_voucher(conn, claims.voucher_id, for_update=for_update)
+            if voucher.programme_id != claims.programme_id:
+                raise vouchers.VoucherNotFound(voucher_id=claims.voucher_id)
+            return voucher
         return await vouchers.voucher_for_code(conn, code or "", for_update=for_update)
     except (tokens.BadSignature, tokens.UnknownSigningKey) as error:
         raise BadSignature(reason=error.code) from None
@@ -258,23 +272,38 @@ _INSERT_TAKING_SQL = text(
 )
 
 
+_RECORD_SQL = text(
+    """
+    WITH taking AS (SELECT nextval(pg_get_serial_sequence('merchant_takings', 'id')) AS id),
+         moved AS (SELECT t.effective_at, a.balance_cents - a.pending_debits_cents AS balance_after
+                   FROM transfers t, accounts a WHERE t.id = :transfer_id AND a.id = :voucher_account_id)
+    SELECT taking.id, moved.effective_at, moved.balance_after,
+           audit_append(:event_type, CAST(:event AS jsonb) || jsonb_build_object(
+               'taking_id', taking.id, 'voucher_balance_after_cents', moved.balance_after), :actor)
+    FROM taking, moved
+    """
+)
+
+
 async def _record(
     conn: AsyncConnection, key: SigningKey, *, kind: str, merchant_id: int, programme: ProgrammeRules,
     voucher: vouchers.Voucher, amount_cents: int, transfer_id: int, user_id: int, client_key: str,
     refund_of: int | None, actor: str,
 ) -> Receipt:
     """Write the taking row, its audit event and its signed receipt (one transaction with the transfer)."""
-    taking_id = await conn.scalar(text("SELECT nextval(pg_get_serial_sequence('merchant_takings', 'id'))"))
-    effective_at = await conn.scalar(text("SELECT effective_at FROM transfers WHERE id = :id"), {"id": transfer_id})
-    balance_after = await _available(conn, voucher.account_id)
     signed_cents = -amount_cents if kind == "refund" else amount_cents
     event = {
-        "taking_id": taking_id, "kind": kind, "merchant_id": merchant_id, "programme_id": programme.id,
-        "voucher_id": voucher.id, "amount_cents": signed_cents, "transfer_id": transfer_id,
-        "voucher_balance_after_cents": balance_after, "refund_of": refund_of, "user_id": user_id,
+        "kind": kind, "merchant_id": merchant_id, "programme_id": programme.id, "voucher_id": voucher.id,
+        "amount_cents": signed_cents, "transfer_id": transfer_id, "refund_of": refund_of, "user_id": user_id,
     }
-    audit_event_id = await append(conn, event_type=f"voucher.{'refunded' if kind == 'refund' else 'redeemed'}",
-                                  payload=event, actor=actor)
+    # One round trip: the taking's id, the transfer's time, the voucher's balance now (its row
+    # is locked by the transfer, so this is the balance right after it), and the audit event.
+    taking_id, effective_at, balance_after, audit_event_id = (await conn.execute(_RECORD_SQL, {
+        "transfer_id": transfer_id, "voucher_account_id": voucher.account_id, "actor": actor,
+        "event_type": f"voucher.{'refunded' if kind == 'refund' else 'redeemed'}",
+        "event": orjson.dumps(event).decode(),
+    })).one()
+    event = {"taking_id": taking_id, **event, "voucher_balance_after_cents": balance_after}
     body = {
         "v": RECEIPT_VERSION, **event, "unit": programme.unit, "programme_name": programme.name,
         "code_hint": _hint(voucher.code), "at": utc_text(effective_at), "audit_event_id": audit_event_id,
@@ -299,6 +328,27 @@ async def _receipt_of_transfer(conn: AsyncConnection, transfer_id: int) -> Recei
     return stored_receipt(row)
 
 
+# Everything a redemption checks besides the voucher and its programme's rules, in one round
+# trip: the shop's status and category, its approval for the programme, its account in the
+# programme's unit, the voucher's available balance, and an earlier taking under this key.
+_REDEEM_CONTEXT_SQL = text(
+    """
+    SELECT m.status, m.category, mp.status AS approval,
+           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = :owner_id
+              AND a.kind = 'merchant' AND a.unit = p.unit ORDER BY a.id LIMIT 1) AS merchant_account_id,
+           (SELECT v.balance_cents - v.pending_debits_cents FROM accounts v WHERE v.id = :voucher_account_id)
+              AS available_cents,
+           r.kind AS replay_kind, r.voucher_id AS replay_voucher_id, r.amount_cents AS replay_amount_cents,
+           r.transfer_id AS replay_transfer_id
+    FROM merchants m
+    JOIN programmes p ON p.id = :programme_id
+    LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
+    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
+    WHERE m.id = :merchant_id
+    """
+)
+
+
 async def redeem(
     conn: AsyncConnection, key: SigningKey, *, merchant_id: int, user_id: int, amount_cents: int, client_key: str,
     token: str | None = None, code: str | None = None, actor: str,
@@ -307,17 +357,21 @@ async def redeem(
     returns the first receipt and moves nothing."""
     _check_client_key(client_key)
     voucher = await _find(conn, token=token, code=code, for_update=False)
-    replay = await _replay(conn, merchant_id, client_key, kind="redeem", voucher_id=voucher.id, amount_cents=amount_cents)
-    if replay is not None:
-        return replay
+    context = (await conn.execute(_REDEEM_CONTEXT_SQL, {
+        "merchant_id": merchant_id, "owner_id": str(merchant_id), "programme_id": voucher.programme_id,
+        "voucher_account_id": voucher.account_id, "client_key": client_key})).one()
+    if context.replay_kind is not None:
+        if (context.replay_kind, context.replay_voucher_id, context.replay_amount_cents) != ("redeem", voucher.id, amount_cents):
+            raise IdempotencyConflict(key=client_key)
+        return await _receipt_of_transfer(conn, context.replay_transfer_id)
     _check_amount(amount_cents)
     programme = await get_rules(conn, voucher.programme_id)
-    _check_taking(await _merchant_state(conn, merchant_id, programme.id), programme, merchant_id, voucher)
-    merchant_account = await merchants.merchant_account(conn, merchant_id, programme.unit)
+    _check_taking(context, programme, merchant_id, voucher)
+    merchant_account = context.merchant_account_id
     if merchant_account is None:  # approval opens it; its absence is a broken approval, not the cashier's fault
         raise NotAcceptedHere(reason="merchant_account_missing", programme_id=programme.id)
     if not programme.partial_redemption:
-        whole = await _available(conn, voucher.account_id)
+        whole = context.available_cents
         if amount_cents != whole:
             raise AmountInvalid("This voucher must be used in one go, for its whole balance.",
                                 message_fr="Ce titre s'utilise en une seule fois, pour tout son solde.",
