@@ -47,8 +47,10 @@ def client_ip(request: Request) -> str:
 async def hit(engine: AsyncEngine, key: str, *, limit: int, window_s: int) -> None:
     """Count one hit on ``key`` in its own transaction, committed whatever the request does
     next (without waiting for the disk); refuse past ``limit`` per window."""
-    async with engine.begin() as conn:
-        row = (await conn.execute(_HIT_SQL, {"key": key, "window_s": window_s})).one()
+    async with engine.connect() as conn:
+        # One statement, its own transaction: no BEGIN and COMMIT round trips around it.
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await autocommit.execute(_HIT_SQL, {"key": key, "window_s": window_s})).one()
     if row.hits > limit:
         retry_after_s = max(1, math.ceil(row.left_s))
         raise ApiError(429, "rate_limited", f"Too many requests; try again in {retry_after_s} s.",

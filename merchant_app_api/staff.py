@@ -77,7 +77,9 @@ async def _load(request: Request[AuthUser, str, object], engine: AsyncEngine) ->
     if user.role not in _MERCHANT_ROLES or user.merchant_id is None:
         raise ApiError(403, "forbidden", "This is for a shop's staff.", detail_fr="Réservé au personnel d'un commerce.")
     async with engine.connect() as conn:
-        row = (await conn.execute(_STAFF_SQL, {"hash": user.session_hash, "user_id": user.id})).one()
+        # A single read: no BEGIN and ROLLBACK round trips around it (it runs on every request).
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await autocommit.execute(_STAFF_SQL, {"hash": user.session_hash, "user_id": user.id})).one()
     return Staff(*row)
 
 
