@@ -22,6 +22,7 @@ from stdnum.exceptions import ValidationError
 from stdnum.fr import siren as stdnum_siren
 
 from audit.chain import append
+from ledger.accounts import AccountKind, open_account
 from ledger.errors import DomainError, InvalidInput, NotFound
 from ledger.scheme import create_programme as create_scheme_programme
 
@@ -69,7 +70,7 @@ class ProgrammeRules:
     float_account_id: int
     reserve_account_id: int
     bank_account_id: int
-    breakage_account_id: int
+    breakage_account_id: int | None  # opened on first need: see breakage_account()
     face_value_min_cents: int
     face_value_max_cents: int
     validity_months: int | None
@@ -193,7 +194,7 @@ async def get_rules(conn: AsyncConnection, programme_id: int, *, for_update: boo
 
 async def list_rules(conn: AsyncConnection, *, issuer_id: int | None = None) -> list[ProgrammeRules]:
     rows = (await conn.execute(
-        text(f"SELECT {_COLUMNS} FROM programmes WHERE :issuer_id IS NULL OR issuer_id = :issuer_id ORDER BY id"),
+        text(f"SELECT {_COLUMNS} FROM programmes WHERE CAST(:issuer_id AS bigint) IS NULL OR issuer_id = :issuer_id ORDER BY id"),
         {"issuer_id": issuer_id},
     )).all()
     return [_rules(row) for row in rows]
@@ -292,6 +293,23 @@ async def _write_rules(conn: AsyncConnection, programme_id: int, rules: dict[str
     )
 
 
+async def breakage_account(conn: AsyncConnection, programme_id: int) -> int:
+    """The programme's breakage account (expired value), opened on first need under the
+    programme's row lock so two callers cannot open two."""
+    found = await conn.scalar(text("SELECT breakage_account_id FROM programmes WHERE id = :id FOR UPDATE"),
+                              {"id": programme_id})
+    if found is not None:
+        return found
+    unit = await conn.scalar(text("SELECT unit FROM programmes WHERE id = :id"), {"id": programme_id})
+    if unit is None:
+        raise NotFound("no programme has this id", message_fr="Aucun programme ne porte ce numéro.", programme_id=programme_id)
+    account_id = await open_account(conn, kind=AccountKind.BREAKAGE, unit=unit, owner_type="programme",
+                                    owner_id=programme_id)
+    await conn.execute(text("UPDATE programmes SET breakage_account_id = :a WHERE id = :id"),
+                       {"a": account_id, "id": programme_id})
+    return account_id
+
+
 def _audit_view(rules: ProgrammeRules) -> dict[str, Any]:
     view = {f.name: getattr(rules, f.name) for f in fields(rules) if f.name in RULE_FIELDS}
     view["valid_until"] = rules.valid_until.isoformat() if rules.valid_until else None
@@ -318,6 +336,7 @@ async def create_programme(
         raise InvalidProgrammeRules("unit: unknown unit", message_fr="unit : unité inconnue", field="unit")
     programme = await create_scheme_programme(conn, issuer_id=issuer_id, kind=kind, name=checked["name"], unit=unit)
     await _write_rules(conn, programme.id, checked)
+    await breakage_account(conn, programme.id)
     created = await get_rules(conn, programme.id)
     await append(conn, event_type="programme.created",
                  payload={"programme_id": created.id, "issuer_id": issuer_id, "kind": kind, "unit": unit,

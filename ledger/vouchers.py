@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append
 from ledger.errors import DomainError, InvalidInput, NotFound
-from ledger.programmes import ProgrammeRules, get_rules
+from ledger.programmes import ProgrammeRules, breakage_account, get_rules
 from ledger.tokens import (
     VoucherKey,
     new_code,
@@ -405,7 +405,7 @@ async def extend_validity(conn: AsyncConnection, voucher_id: int, *, expires_at:
     if expires_at.tzinfo is None:
         raise InvalidInput("the new expiry needs a time zone", message_fr="la nouvelle échéance doit porter un fuseau horaire")
     if voucher.status != "active" or expires_at <= voucher.expires_at:
-        raise NotExtendable(voucher_id=voucher_id, status=voucher.status, expires_at=voucher.expires_at.isoformat())
+        raise NotExtendable(voucher_id=voucher_id, voucher_status=voucher.status, expires_at=voucher.expires_at.isoformat())
     token = sign_token(await active_key(conn), voucher_id=voucher.id, programme_id=voucher.programme_id,
                        expires_at=expires_at)
     await conn.execute(
@@ -433,9 +433,8 @@ async def expire_due(conn: AsyncConnection, *, actor: str = "system", now: datet
     rows = (await conn.execute(
         text(
             """
-            SELECT v.id, v.programme_id, v.account_id, p.breakage_account_id,
-                   a.balance_cents - a.pending_debits_cents AS left_cents
-            FROM vouchers v JOIN programmes p ON p.id = v.programme_id JOIN accounts a ON a.id = v.account_id
+            SELECT v.id, v.programme_id, v.account_id, a.balance_cents - a.pending_debits_cents AS left_cents
+            FROM vouchers v JOIN accounts a ON a.id = v.account_id
             WHERE v.status = 'active' AND v.expires_at <= :now
             ORDER BY v.id LIMIT :limit FOR UPDATE OF v SKIP LOCKED
             """
@@ -455,7 +454,7 @@ async def expire_due(conn: AsyncConnection, *, actor: str = "system", now: datet
             result = await transfer(
                 conn, key=f"voucher-expire-{programme_id}-{group[0].id}-{group[-1].id}-{len(group)}", kind="voucher.expire",
                 postings=[*(Posting(row.account_id, -row.left_cents) for row in funded),
-                          Posting(group[0].breakage_account_id, moved)],
+                          Posting(await breakage_account(conn, programme_id), moved)],
                 metadata={"programme_id": programme_id, "vouchers": len(funded)},
             )
             transfer_id = result.transfer_id
@@ -471,3 +470,53 @@ async def expire_due(conn: AsyncConnection, *, actor: str = "system", now: datet
         moved_total += moved
     return ExpiryRun(len(rows), moved_total, tuple(transfer_ids))
 
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammeStatistics:
+    programme_id: int
+    unit: str
+    sold_cents: int  # paid for: orders paid or issued, and direct sales
+    issued_count: int
+    issued_cents: int  # face value of vouchers first issued (reissues are not new value)
+    redeemed_cents: int  # taken by merchants, net of refunds
+    outstanding_count: int
+    outstanding_cents: int  # still spendable on active vouchers
+    expired_count: int
+    expired_cents: int  # moved to breakage
+    revoked_count: int
+
+
+async def programme_statistics(conn: AsyncConnection, programme_id: int) -> ProgrammeStatistics:
+    programme = await get_rules(conn, programme_id)
+    row = (await conn.execute(
+        text(
+            """
+            SELECT
+              (SELECT coalesce(sum(face_value_cents), 0) FROM voucher_orders
+                WHERE programme_id = :id AND status IN ('paid', 'issued'))
+              + (SELECT coalesce(sum(face_value_cents), 0) FROM vouchers
+                  WHERE programme_id = :id AND order_id IS NULL AND reissue_of IS NULL) AS sold,
+              count(*) FILTER (WHERE v.reissue_of IS NULL) AS issued_count,
+              coalesce(sum(v.face_value_cents) FILTER (WHERE v.reissue_of IS NULL), 0) AS issued,
+              count(*) FILTER (WHERE v.status = 'active' AND a.balance_cents > 0) AS outstanding_count,
+              coalesce(sum(a.balance_cents) FILTER (WHERE v.status = 'active'), 0) AS outstanding,
+              count(*) FILTER (WHERE v.status = 'expired') AS expired_count,
+              count(*) FILTER (WHERE v.status = 'revoked') AS revoked_count,
+              (SELECT coalesce(-sum(p.amount_cents), 0) FROM postings p
+                 JOIN transfers t ON t.id = p.transfer_id
+                 JOIN vouchers w ON w.account_id = p.account_id
+                WHERE w.programme_id = :id AND t.kind IN ('voucher.redeem', 'voucher.refund')
+                  AND t.phase IN ('posted', 'post_pending')) AS redeemed,
+              (SELECT coalesce(sum(p.amount_cents), 0) FROM postings p JOIN transfers t ON t.id = p.transfer_id
+                WHERE p.account_id = :breakage AND t.kind = 'voucher.expire') AS expired
+            FROM vouchers v JOIN accounts a ON a.id = v.account_id
+            WHERE v.programme_id = :id
+            """
+        ),
+        {"id": programme_id, "breakage": programme.breakage_account_id},
+    )).one()
+    return ProgrammeStatistics(
+        programme_id, programme.unit, int(row.sold), row.issued_count, int(row.issued), int(row.redeemed),
+        row.outstanding_count, int(row.outstanding), row.expired_count, int(row.expired), row.revoked_count,
+    )

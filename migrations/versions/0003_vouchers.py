@@ -1,8 +1,9 @@
 """Vouchers: programme rules, employers, orders and their lines, vouchers, signing keys.
 
 Programme rules are columns on ``programmes`` (face-value limits, validity, partial
-redemption, acceptance lists, texts, purchase fee); a programme's breakage account (where
-expired balances go) is opened by a trigger, so programmes created by any code path get one.
+redemption, acceptance lists, texts, purchase fee). A programme's breakage account (where
+expired balances go) is opened with it by ledger.programmes, or on first need for programmes
+created elsewhere (ledger.programmes.breakage_account).
 
 ``vouchers`` rows are never deleted; only their lifecycle columns (status, expiry, revocation,
 replacement) may change, and a trigger refuses any other edit. Order lines may change only
@@ -39,31 +40,10 @@ ALTER TABLE programmes
     ADD COLUMN texts                jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(texts) = 'object'),
     -- Fee charged to the buyer of vouchers, in basis points of the face value, excl. VAT.
     ADD COLUMN purchase_fee_bp      integer NOT NULL DEFAULT 0 CHECK (purchase_fee_bp BETWEEN 0 AND 5000),
-    ADD COLUMN breakage_account_id  bigint REFERENCES accounts(id),
+    ADD COLUMN breakage_account_id  bigint UNIQUE REFERENCES accounts(id),
     ADD COLUMN updated_at           timestamptz NOT NULL DEFAULT now(),
     ADD CONSTRAINT programmes_face_values CHECK (face_value_min_cents <= face_value_max_cents),
     ADD CONSTRAINT programmes_validity CHECK (num_nonnulls(validity_months, valid_until) = 1);
-
-CREATE FUNCTION programmes_open_breakage() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.breakage_account_id IS NULL THEN
-        INSERT INTO accounts (kind, unit, owner_type, owner_id, floor_cents)
-        VALUES ('breakage', NEW.unit, 'programme', NEW.id::text, 0)
-        RETURNING id INTO NEW.breakage_account_id;
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER programmes_breakage BEFORE INSERT ON programmes
-    FOR EACH ROW EXECUTE FUNCTION programmes_open_breakage();
-
-WITH opened AS (
-    INSERT INTO accounts (kind, unit, owner_type, owner_id, floor_cents)
-    SELECT 'breakage', p.unit, 'programme', p.id::text, 0 FROM programmes p
-    WHERE p.breakage_account_id IS NULL
-    RETURNING id, owner_id
-)
-UPDATE programmes p SET breakage_account_id = o.id FROM opened o WHERE o.owner_id = p.id::text;
-ALTER TABLE programmes ALTER COLUMN breakage_account_id SET NOT NULL;
 
 -- The URSSAF tolerance for gifts to employees, per calendar year: 5% of the monthly social
 -- security ceiling per event per beneficiary. A new year is one INSERT.
