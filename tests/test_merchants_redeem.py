@@ -122,7 +122,7 @@ async def test_refusal_not_accepted_here(client, engine, approved_merchant, issu
     shop = await approved_merchant()
     other_programme = await make_programme(name="Chèque culture")
     elsewhere = await issue_voucher(1000, programme=other_programme)
-    body = _assert_refused(await _redeem(client, shop, 100, token=elsewhere.token), "not_accepted_here", 403)
+    body = _assert_refused(await _redeem(client, shop, 100, token=elsewhere.token), "not_accepted_here", 422)
     assert body["reason"] == "merchant_not_approved_for_programme"
 
     bookshops_later_excluded = await make_programme(name="Cœur de ville")
@@ -130,7 +130,7 @@ async def test_refusal_not_accepted_here(client, engine, approved_merchant, issu
     voucher = await issue_voucher(1000, programme=bookshops_later_excluded)
     async with engine.begin() as conn:
         await update_programme(conn, bookshops_later_excluded.id, actor="test", categories_excluded=["librairie"])
-    body = _assert_refused(await _redeem(client, shop2, 100, token=voucher.token), "not_accepted_here", 403)
+    body = _assert_refused(await _redeem(client, shop2, 100, token=voucher.token), "not_accepted_here", 422)
     assert body["reason"] == "category_excluded"
 
 

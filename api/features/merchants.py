@@ -31,7 +31,7 @@ ERROR_STATUS = {
     "bad_signature": 422,
     "expired": 409,
     "revoked": 409,
-    "not_accepted_here": 403,
+    "not_accepted_here": 422,  # as the vouchers capability declares it
     "insufficient_balance": 409,
     "amount_invalid": 422,
     "already_refunded": 409,
