@@ -318,7 +318,8 @@ async def _record(
         "balance_after_cents": balance_after, "audit_event_id": audit_event_id, "receipt": raw,
         "receipt_signature": signature, "receipt_key_id": key.key_id,
     })
-    return Receipt(body, b64url(signature), key.key_id)
+    # The body as signed (canonical key order), so a replay's answer is byte for byte the same.
+    return Receipt(orjson.loads(raw), b64url(signature), key.key_id)
 
 
 async def _receipt_of_transfer(conn: AsyncConnection, transfer_id: int) -> Receipt:
