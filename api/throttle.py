@@ -6,16 +6,20 @@ also count failures and be locked until a time. Each check is one upsert stateme
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
+import structlog
 from litestar import Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.errors import ApiError
+
+log = structlog.get_logger("api")
 
 LOGINS_PER_IP_PER_MINUTE = 120  # a shop, an office behind one address: the per-email lock does the rest
 LOGIN_FAILURES_MAX = 5  # in a row, for one email: then the email is locked
@@ -117,3 +121,34 @@ async def guarded_login(
         if error.code in _LOGIN_FAILURES:
             await record_failure(engine, key, failures_max=LOGIN_FAILURES_MAX, lock_s=LOGIN_LOCK_SECONDS)
         raise
+
+
+THROTTLE_SWEEP_SECONDS = 3600
+THROTTLE_KEEP_SECONDS = 86_400
+
+
+async def forget_stale(conn: AsyncConnection) -> int:
+    """Drop counters whose window ended a day ago and whose lock (if any) is over: every
+    address or email ever tried would otherwise stay in the table."""
+    result = await conn.execute(
+        text(
+            "DELETE FROM auth_throttle WHERE window_start < now() - make_interval(secs => :keep_s) "
+            "AND (locked_until IS NULL OR locked_until < now())"
+        ),
+        {"keep_s": THROTTLE_KEEP_SECONDS},
+    )
+    return result.rowcount
+
+
+async def sweep_job(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """``forget_stale`` every hour, while the server runs."""
+    while not stop.is_set():
+        try:
+            async with engine.begin() as conn:
+                await forget_stale(conn)
+        except Exception:
+            log.exception("throttle_sweep_failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=THROTTLE_SWEEP_SECONDS)
+        except TimeoutError:
+            pass
