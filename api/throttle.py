@@ -30,8 +30,9 @@ T = TypeVar("T")
 
 # A counter need not survive a crash: its commit does not wait for the disk (synchronous_commit
 # off for this transaction only), which keeps the check off the payment's critical path.
-_HIT_SQL = text(
-    """
+# HIT_STATEMENT counts one hit on :key in a window of :window_s seconds and returns the count
+# and the seconds left in the window; a caller may wrap it in a CTE to read more in one trip.
+HIT_STATEMENT = """
     INSERT INTO auth_throttle AS t (key, window_start, hits)
     SELECT :key, now(), 1 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
     ON CONFLICT (key) DO UPDATE SET
@@ -40,8 +41,8 @@ _HIT_SQL = text(
         hits = CASE WHEN t.window_start <= now() - make_interval(secs => :window_s)
                     THEN 1 ELSE t.hits + 1 END
     RETURNING hits, extract(epoch FROM t.window_start + make_interval(secs => :window_s) - now()) AS left_s
-    """
-)
+"""
+_HIT_SQL = text(HIT_STATEMENT)
 
 
 def client_ip(request: Request) -> str:
@@ -55,8 +56,13 @@ async def hit(engine: AsyncEngine, key: str, *, limit: int, window_s: int) -> No
         # One statement, its own transaction: no BEGIN and COMMIT round trips around it.
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (await autocommit.execute(_HIT_SQL, {"key": key, "window_s": window_s})).one()
-    if row.hits > limit:
-        retry_after_s = max(1, math.ceil(row.left_s))
+    check_hits(row.hits, row.left_s, limit)
+
+
+def check_hits(hits: int, left_s: float, limit: int) -> None:
+    """Refuse a request past ``limit`` hits in its window."""
+    if hits > limit:
+        retry_after_s = max(1, math.ceil(left_s))
         raise ApiError(429, "rate_limited", f"Too many requests; try again in {retry_after_s} s.",
                        detail_fr=f"Trop de demandes ; réessayez dans {retry_after_s} s.",
                        retry_after_s=retry_after_s)
