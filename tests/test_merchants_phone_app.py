@@ -171,4 +171,10 @@ async def test_cashier_phone_scans_a_voucher_and_takes_part_of_it(server, engine
         await expect(page.locator("#result")).to_have_attribute("data-code", "ok")
         await expect(page.locator("#result-remaining")).to_have_text("€37.50")
         assert await _balance(engine, voucher.account_id) == 3750
+
+        # The owner sees this phone among the shop's signed-in devices, then signs out.
+        await page.click('#tabs button[data-tab="account"]')
+        await expect(page.locator("#devices")).to_contain_text("this device")
+        await page.click("#logout-btn")
+        await expect(page.locator("#login-btn")).to_be_visible()
         await browser.close()
