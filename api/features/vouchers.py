@@ -94,7 +94,7 @@ PUBLIC_PATHS = ["^/\\.well-known/circuit-voucher-keys\\.json$", "^/public/vouche
 JOBS = [expiry_job]
 COMMANDS = [register]
 ERROR_STATUS = {
-    "invalid_siren": 422, "invalid_siret": 422, "invalid_programme_rules": 422, "not_accepted_here": 403,
+    "invalid_siren": 422, "invalid_siret": 422, "invalid_programme_rules": 422, "not_accepted_here": 422,
     "employer_exists": 409, "order_lines_refused": 422, "logo_refused": 415, "logo_too_large": 413,
     "invalid_colour": 422, "invalid_message": 422, "illegal_transition": 409, "payment_mismatch": 422,
     "order_empty": 409, "order_not_issued": 409, "face_value_out_of_range": 422, "voucher_not_found": 404, "revoked": 409, "expired": 409,
