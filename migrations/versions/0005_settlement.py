@@ -15,7 +15,7 @@ from ledger.database import execute_script
 revision = "0005_settlement"
 down_revision = "0002_audit"
 branch_labels = None
-depends_on = None
+depends_on = ("0004_merchants",)
 
 SCHEMA = r"""
 ALTER TABLE programmes ADD COLUMN settlement_frequency text NOT NULL DEFAULT 'monthly'
@@ -104,7 +104,7 @@ CREATE UNIQUE INDEX settlement_batches_one_open ON settlement_batches (issuer_id
 
 -- Every taking is settled by exactly one batch.
 CREATE TABLE settlement_items (
-    taking_id bigint PRIMARY KEY,
+    taking_id bigint PRIMARY KEY REFERENCES merchant_takings(id),
     batch_id  bigint NOT NULL REFERENCES settlement_batches(id)
 );
 CREATE INDEX settlement_items_batch ON settlement_items (batch_id);
