@@ -172,7 +172,7 @@ def _moment(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat() if value else None
 
 
-def _totals(lines: list[Line], payments: list[Payment]) -> dict[str, int]:
+def batch_totals(lines: list[Line], payments: list[Payment]) -> dict[str, int]:
     return {
         "gross_cents": sum(line.gross_cents for line in lines),
         "refunds_cents": sum(line.refunds_cents for line in lines),
@@ -311,7 +311,7 @@ async def prepare(conn: AsyncConnection, *, issuer_id: int, period: str, user_id
     await _compute_payments(conn, batch_id=batch_id, issuer_id=issuer_id)
 
     batch = await get_batch(conn, batch_id)
-    totals = _totals(await batch_lines(conn, batch_id), await batch_payments(conn, batch_id))
+    totals = batch_totals(await batch_lines(conn, batch_id), await batch_payments(conn, batch_id))
     items = await conn.scalar(text("SELECT count(*) FROM settlement_items WHERE batch_id = :b"), {"b": batch_id})
     await append(conn, event_type="settlement.batch_prepared", actor=actor, payload={
         "batch_id": batch_id, "issuer_id": issuer_id, "period": wanted.label, "takings": items, **totals})
@@ -554,7 +554,7 @@ async def export(conn: AsyncConnection, *, batch_id: int, user_id: int,
     await conn.execute(text("UPDATE settlement_batches SET status = 'exported', exported_at = :now WHERE id = :b"),
                        {"now": now, "b": batch_id})
     await append(conn, event_type="settlement.batch_exported", actor=actor, payload={
-        "batch_id": batch_id, "period": batch.period, **_totals(lines, payments)})
+        "batch_id": batch_id, "period": batch.period, **batch_totals(lines, payments)})
     return files
 
 
