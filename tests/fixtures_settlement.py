@@ -102,7 +102,8 @@ class SettlementScheme:
             return await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :id"), {"id": account_id})
 
 
-async def make_settlement_scheme(engine: AsyncEngine) -> SettlementScheme:
+async def make_settlement_scheme(engine: AsyncEngine, users: SettlementScheme | None = None) -> SettlementScheme:
+    """A fresh issuer; with ``users``, the back-office users of that earlier scheme act for it too."""
     tag = uuid.uuid4().hex[:6]
     async with engine.begin() as conn:
         await ensure_unit(conn, "BUL", "Bulle")
@@ -116,6 +117,9 @@ async def make_settlement_scheme(engine: AsyncEngine) -> SettlementScheme:
         gift = await create_programme(conn, issuer_id=issuer_id, kind="gift", name="Chèque cadeau", unit="EUR")
         culture = await create_programme(conn, issuer_id=issuer_id, kind="culture", name="Chèque culture", unit="EUR")
         bulle = await create_programme(conn, issuer_id=issuer_id, kind="local_currency", name="La Bulle", unit="BUL")
+        if users is not None:
+            return SettlementScheme(engine, issuer_id, gift, culture, bulle, users.operator_id, users.approver_id,
+                                    users.second_operator_id, users.emails)
         emails = {}
         ids = []
         for role in ("operator", "approver", "operator"):
