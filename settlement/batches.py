@@ -186,12 +186,16 @@ def batch_totals(lines: list[Line], payments: list[Payment]) -> dict[str, int]:
 
 # --- prepare -----------------------------------------------------------------------------------
 
+# ORDER BY makes the claim read every candidate before it writes the first row: otherwise the
+# anti-join may rescan the rows this very statement is inserting (a quadratic plan when the
+# table's statistics still say it is empty); it also fills the primary key in order.
 _CLAIM_TAKINGS = text(
     """
     INSERT INTO settlement_items (taking_id, batch_id)
     SELECT t.id, :batch FROM merchant_takings t JOIN programmes p ON p.id = t.programme_id
     WHERE p.issuer_id = :issuer AND p.settlement_frequency = :frequency AND t.effective_at < :ends_at
       AND NOT EXISTS (SELECT 1 FROM settlement_items i WHERE i.taking_id = t.id)
+    ORDER BY t.id
     """
 )
 _CLAIM_RECONVERSIONS = text(
