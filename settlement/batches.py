@@ -34,6 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append, set_actor
+from ledger.errors import NotFound
 from ledger.transfers import Posting, transfer
 from settlement.accounts import settlement_account
 from settlement.errors import (
@@ -119,7 +120,7 @@ _PAYMENT_COLUMNS = ("merchant_id, creditor_name, iban, bic, carried_in_cents, co
                     "carried_out_cents, end_to_end_id, status, returned_reason")
 
 
-async def _lock(conn: AsyncConnection, issuer_id: int) -> None:
+async def lock_issuer(conn: AsyncConnection, issuer_id: int) -> None:
     await conn.execute(text("SELECT pg_advisory_xact_lock(:space, CAST(:issuer AS int))"),
                        {"space": _LOCK_BATCHES, "issuer": issuer_id})
 
@@ -284,7 +285,9 @@ async def prepare(conn: AsyncConnection, *, issuer_id: int, period: str, user_id
     if wanted.ends_at > (now or datetime.now(timezone.utc)):
         raise PeriodNotEnded(period=wanted.label, ends_at=wanted.ends_at.isoformat())
     actor = await _user(conn, user_id, PREPARE_ROLES)
-    await _lock(conn, issuer_id)
+    if not await conn.scalar(text("SELECT EXISTS (SELECT 1 FROM issuers WHERE id = :id)"), {"id": issuer_id}):
+        raise NotFound("no issuer has this id", message_fr="Aucun émetteur ne porte ce numéro.", issuer_id=issuer_id)
+    await lock_issuer(conn, issuer_id)
     existing = await conn.scalar(
         text("SELECT id FROM settlement_batches WHERE issuer_id = :issuer AND period = :period"),
         {"issuer": issuer_id, "period": wanted.label})
@@ -401,7 +404,9 @@ async def _compute_payments(conn: AsyncConnection, *, batch_id: int, issuer_id: 
             columns[name].append(value)
     if bad:
         raise BankDetailsInvalid("a merchant to be paid has no valid IBAN or BIC: fix its details and prepare "
-                                 "the period again", merchant_ids=bad)
+                                 "the period again", message_fr="Un commerçant à payer n'a pas d'IBAN ou de BIC "
+                                 "valide : corrigez ses coordonnées et préparez de nouveau la période.",
+                                 merchant_ids=bad)
     if not columns:
         return
     await conn.execute(
@@ -468,7 +473,7 @@ async def export(conn: AsyncConnection, *, batch_id: int, user_id: int,
     Exporting again returns the same files and moves nothing."""
     actor = await _user(conn, user_id, APPROVE_ROLES)
     batch = await get_batch(conn, batch_id)
-    await _lock(conn, batch.issuer_id)
+    await lock_issuer(conn, batch.issuer_id)
     batch = await get_batch(conn, batch_id, lock=True)
     if batch.status in ("exported", "paid"):
         return await batch_files(conn, batch_id)
@@ -600,7 +605,7 @@ async def mark_returned(conn: AsyncConnection, *, batch_id: int, merchant_id: in
     actor = await _user(conn, user_id, APPROVE_ROLES)
     reason = (reason or "").strip()[:REASON_LENGTH_MAX] or "returned by the bank"
     batch = await get_batch(conn, batch_id)
-    await _lock(conn, batch.issuer_id)
+    await lock_issuer(conn, batch.issuer_id)
     row = (await conn.execute(text("SELECT status, payout_cents FROM settlement_payments "
                                    "WHERE batch_id = :b AND merchant_id = :m FOR UPDATE"),
                               {"b": batch_id, "m": merchant_id})).one_or_none()

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append
 from ledger.accounts import AccountKind, open_account
+from ledger.errors import NotFound
 from settlement.errors import FeeRuleConflict, InvalidFeeRule
 
 BASIS_POINTS = 10_000
@@ -96,6 +97,24 @@ def select_rule(
     return max(found, key=lambda rule: rule.specificity, default=None)
 
 
+async def _check_scope(conn: AsyncConnection, *, issuer_id: int, programme_id: int | None,
+                       merchant_ids: list[int]) -> None:
+    """The issuer exists, and the programme and merchants named are its own."""
+    found = (await conn.execute(text(
+        """
+        SELECT EXISTS (SELECT 1 FROM issuers WHERE id = :issuer),
+               CAST(:programme AS bigint) IS NULL
+               OR EXISTS (SELECT 1 FROM programmes WHERE id = :programme AND issuer_id = :issuer),
+               (SELECT count(*) FROM merchants WHERE id = ANY(CAST(:merchants AS bigint[])) AND issuer_id = :issuer)
+        """), {"issuer": issuer_id, "programme": programme_id, "merchants": merchant_ids})).one()
+    if not found[0]:
+        raise NotFound("no issuer has this id", message_fr="Aucun émetteur ne porte ce numéro.", issuer_id=issuer_id)
+    if not found[1] or found[2] != len(set(merchant_ids)):
+        raise InvalidFeeRule("the programme and merchants named must be the issuer's own",
+                             message_fr="Le programme et les commerçants cités doivent être ceux de l'émetteur.",
+                             programme_id=programme_id, merchant_ids=merchant_ids)
+
+
 _RULE_COLUMNS = (
     "id, issuer_id, kind, programme_id, category, merchant_id, rate_bp, vat_rate_bp, fixed_cents, "
     "min_cents, max_cents, valid_from, valid_until"
@@ -127,15 +146,21 @@ async def create_rule(
     valid_until: date | None = None,
 ) -> FeeRule:
     if kind not in RULE_KINDS:
-        raise InvalidFeeRule("kind is takings or reconversion", kind=kind)
+        raise InvalidFeeRule("kind is takings or reconversion", message_fr="Le type est takings ou reconversion.",
+                             kind=kind)
     for name, value, top in (("rate_bp", rate_bp, BASIS_POINTS), ("vat_rate_bp", vat_rate_bp, BASIS_POINTS),
                              ("fixed_cents", fixed_cents, 10**8), ("min_cents", min_cents, 10**11)):
         if type(value) is not int or not 0 <= value <= top:
-            raise InvalidFeeRule(f"{name} is a whole number from 0 to {top}", **{name: value})
+            raise InvalidFeeRule(f"{name} is a whole number from 0 to {top}",
+                                 message_fr=f"{name} est un nombre entier de 0 à {top}.", **{name: value})
     if max_cents is not None and (type(max_cents) is not int or not min_cents <= max_cents <= 10**11):
-        raise InvalidFeeRule("max_cents is at least min_cents", max_cents=max_cents)
+        raise InvalidFeeRule("max_cents is at least min_cents", message_fr="Le maximum est au moins égal au minimum.",
+                             max_cents=max_cents)
     if valid_until is not None and valid_until <= valid_from:
-        raise InvalidFeeRule("valid_until comes after valid_from", valid_until=str(valid_until))
+        raise InvalidFeeRule("valid_until comes after valid_from", message_fr="La fin de validité suit le début.",
+                             valid_until=str(valid_until))
+    await _check_scope(conn, issuer_id=issuer_id, programme_id=programme_id,
+                       merchant_ids=[merchant_id] if merchant_id is not None else [])
     await conn.execute(text("SELECT pg_advisory_xact_lock(:space, CAST(:issuer AS int))"),
                        {"space": _LOCK_RULES, "issuer": issuer_id})
     clash = await conn.scalar(
@@ -214,9 +239,12 @@ async def create_waiver(
 ) -> Waiver:
     """The sponsor (e.g. the town) pays the fee of these merchants, or of this programme's campaign."""
     if not merchant_ids and programme_id is None:
-        raise InvalidFeeRule("a waiver names merchants, a programme, or both")
+        raise InvalidFeeRule("a waiver names merchants, a programme, or both",
+                             message_fr="Une exonération désigne des commerçants, un programme, ou les deux.")
     if valid_until is not None and valid_until <= valid_from:
-        raise InvalidFeeRule("valid_until comes after valid_from", valid_until=str(valid_until))
+        raise InvalidFeeRule("valid_until comes after valid_from", message_fr="La fin de validité suit le début.",
+                             valid_until=str(valid_until))
+    await _check_scope(conn, issuer_id=issuer_id, programme_id=programme_id, merchant_ids=list(merchant_ids or []))
     # The sponsor's account goes negative by what the sponsor owes the scheme (kind sponsor: no floor).
     account_id = await open_account(conn, kind=AccountKind.SPONSOR, unit="EUR", owner_type="issuer",
                                     owner_id=issuer_id)

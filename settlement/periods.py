@@ -72,7 +72,8 @@ def parse_period(label: str) -> Period:
 def period_of(frequency: str, moment: datetime) -> Period:
     """The period of ``frequency`` that holds ``moment`` (an aware datetime)."""
     if moment.tzinfo is None:
-        raise InvalidPeriod("a moment must carry its time zone", moment=str(moment))
+        raise InvalidPeriod("a moment must carry its time zone", message_fr="Un instant doit porter son fuseau horaire.",
+                            moment=str(moment))
     day = moment.astimezone(PARIS).date()
     if frequency == "monthly":
         return _month(day.year, day.month)
@@ -81,4 +82,5 @@ def period_of(frequency: str, moment: datetime) -> Period:
         return Period("weekly", first, first + timedelta(days=7))
     if frequency == "daily":
         return Period("daily", day, day + timedelta(days=1))
-    raise InvalidPeriod("frequency is monthly, weekly or daily", frequency=frequency)
+    raise InvalidPeriod("frequency is monthly, weekly or daily",
+                        message_fr="La fréquence est monthly, weekly ou daily.", frequency=frequency)

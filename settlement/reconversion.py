@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from audit.chain import append
 from ledger.transfers import AMOUNT_CENTS_MAX, Posting, transfer
 from settlement.accounts import settlement_account
-from settlement.batches import _lock
+from settlement.batches import lock_issuer
 from settlement.errors import NoFeeRule, ReconversionRefused
 from settlement.fees import list_rules, select_rule
 from settlement.periods import PARIS
@@ -43,7 +43,9 @@ async def request_reconversion(conn: AsyncConnection, *, merchant_id: int, amoun
                                actor: str, programme_id: int | None = None) -> Reconversion:
     """Set ``amount_cents`` units aside for conversion; retrying with the same key returns the first request."""
     if type(amount_cents) is not int or not 0 < amount_cents <= AMOUNT_CENTS_MAX:
-        raise ReconversionRefused("the amount is a positive whole number of cents", amount_cents=amount_cents)
+        raise ReconversionRefused("the amount is a positive whole number of cents",
+                                  message_fr="Le montant est un nombre entier positif de centimes.",
+                                  amount_cents=amount_cents)
     programme = (await conn.execute(text(
         """
         SELECT p.id, p.issuer_id, p.unit, a.id AS account_id, m.category FROM merchants m
@@ -59,7 +61,7 @@ async def request_reconversion(conn: AsyncConnection, *, merchant_id: int, amoun
     if select_rule(await list_rules(conn, programme.issuer_id), kind="reconversion", day=today,
                    programme_id=programme.id, category=programme.category, merchant_id=merchant_id) is None:
         raise NoFeeRule(merchant_id=merchant_id, programme_id=programme.id, kind="reconversion")
-    await _lock(conn, programme.issuer_id)
+    await lock_issuer(conn, programme.issuer_id)
     set_aside = await settlement_account(conn, owner_type="merchant", owner_id=merchant_id, purpose="reconversion",
                                          unit=programme.unit)
     moved = await transfer(conn, key=f"reconversion:{merchant_id}:{key}", kind="settlement.reconversion",

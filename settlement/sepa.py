@@ -37,7 +37,8 @@ def checked_iban(value: str | None, *, subject: str) -> str:
     try:
         return IBAN(value or "").compact
     except SchwiftyException as error:
-        raise BankDetailsInvalid(f"{subject}: the IBAN is not valid ({error})", subject=subject) from None
+        raise BankDetailsInvalid(f"{subject}: the IBAN is not valid ({error})",
+                                 message_fr=f"{subject} : l'IBAN n'est pas valide.", subject=subject) from None
 
 
 def checked_bic(value: str | None, *, subject: str) -> str | None:
@@ -46,7 +47,8 @@ def checked_bic(value: str | None, *, subject: str) -> str | None:
     try:
         return str(BIC(value))
     except SchwiftyException as error:
-        raise BankDetailsInvalid(f"{subject}: the BIC is not valid ({error})", subject=subject) from None
+        raise BankDetailsInvalid(f"{subject}: the BIC is not valid ({error})",
+                                 message_fr=f"{subject} : le BIC n'est pas valide.", subject=subject) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,11 @@ async def test_operator_prepares_a_second_person_approves_exports_and_the_mercha
     assert (clash.status_code, clash.json()["code"]) == (409, "fee_rule_conflict")
     assert clash.json()["detail_fr"].startswith("Une autre règle")
 
+    foreign = await client.post("/settlement/fee-rules", headers=operator, json={
+        "issuer_id": scheme.issuer_id, "programme_id": 10**9, "rate_bp": 500})
+    assert (foreign.status_code, foreign.json()["code"]) == (422, "invalid_fee_rule")
+    assert "detail_fr" in foreign.json()
+
     merchant_id = await scheme.merchant()
     await scheme.take(merchant_id, scheme.gift, 25_000, datetime(2026, 11, 12, tzinfo=timezone.utc))
     await scheme.take(merchant_id, scheme.bulle, 5_000, datetime(2026, 11, 13, tzinfo=timezone.utc))
@@ -76,6 +81,9 @@ async def test_operator_prepares_a_second_person_approves_exports_and_the_mercha
     resident = await login(client, engine, "resident")
     assert (await client.get("/settlement/batches", headers=resident)).status_code == 403
 
+    detached = await login(client, engine, "merchant_owner", issuer_id=scheme.issuer_id)
+    assert (await client.get(f"/settlement/merchant/batches/{batch['id']}/statement.pdf",
+                             headers=detached)).status_code == 403
     owner = await login(client, engine, "merchant_owner", issuer_id=scheme.issuer_id, merchant_id=merchant_id)
     mine = (await client.get("/settlement/merchant/batches", headers=owner)).json()
     assert [(b["batch_id"], b["payout_cents"]) for b in mine] == [(batch["id"], 25_000 - 1_975 - 395)]

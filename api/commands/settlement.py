@@ -48,7 +48,7 @@ async def _user(conn, email: str):
     row = (await conn.execute(text("SELECT id, issuer_id FROM users WHERE email = lower(:e) AND disabled_at IS NULL"),
                               {"e": email})).one_or_none()
     if row is None:
-        raise NotFound("no active user has this email", email=email)
+        raise NotFound("no active user has this email", message_fr="Aucun utilisateur actif n'a cet e-mail.", email=email)
     return row
 
 
@@ -64,7 +64,8 @@ async def _prepare(args: argparse.Namespace) -> int:
             if issuer_id is None:
                 issuers = (await conn.execute(text("SELECT id FROM issuers ORDER BY id LIMIT 2"))).scalars().all()
                 if len(issuers) != 1:
-                    raise InvalidInput("several issuers: name one with --issuer")
+                    raise InvalidInput("several issuers: name one with --issuer",
+                                       message_fr="Plusieurs émetteurs : indiquez-en un avec --issuer.")
                 issuer_id = issuers[0]
             batch = await batches.prepare(conn, issuer_id=issuer_id, period=args.period, user_id=user.id)
             totals = batches.batch_totals(await batches.batch_lines(conn, batch.id),

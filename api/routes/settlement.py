@@ -67,6 +67,12 @@ class ReconversionIn(msgspec.Struct, forbid_unknown_fields=True):
     amount_cents: Annotated[int, msgspec.Meta(gt=0, le=10**15)]
 
 
+def _merchant(user: AuthUser) -> int:
+    if user.merchant_id is None:
+        raise ApiError(403, "forbidden", "This account is not attached to a merchant.")
+    return user.merchant_id
+
+
 def _issuer(user: AuthUser, issuer_id: int) -> int:
     if user.issuer_id is not None and user.issuer_id != issuer_id:
         raise ApiError(403, "forbidden", "You act for another issuer.")
@@ -215,11 +221,12 @@ class MerchantSettlementController(Controller):
 
     @get("/batches")
     async def my_batches(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> list[dict]:
+        merchant_id = _merchant(request.user)
         async with db_engine.connect() as conn:
             found = await batches.list_batches(conn, request.user.issuer_id)
             mine = []
             for batch in found:
-                payments = await batches.batch_payments(conn, batch.id, request.user.merchant_id)
+                payments = await batches.batch_payments(conn, batch.id, merchant_id)
                 if payments and batch.status in ("exported", "paid"):
                     mine.append({"batch_id": batch.id, "period": batch.period, "status": batch.status,
                                  "payout_cents": payments[0].payout_cents,
@@ -234,7 +241,7 @@ class MerchantSettlementController(Controller):
             batch = await batches.get_batch(conn, batch_id)
             if batch.status not in ("exported", "paid"):
                 raise ApiError(404, "not_found", "Statements exist once the batch is exported.")
-            return await _document(conn, batch_id, request.user.merchant_id, document)
+            return await _document(conn, batch_id, _merchant(request.user), document)
 
     @post("/reconversions")
     async def reconvert(self, request: Request, data: JSONBody[ReconversionIn], db_engine: NamedDependency[AsyncEngine],
@@ -242,9 +249,10 @@ class MerchantSettlementController(Controller):
         if not idempotency_key or len(idempotency_key) > 64:
             raise ApiError(400, "idempotency_key_required",
                            "Send an Idempotency-Key header (1 to 64 characters) with every write.")
+        merchant_id = _merchant(request.user)
         async with db_engine.begin() as conn:
-            before = {r.id for r in await list_reconversions(conn, request.user.merchant_id)}
-            found = await request_reconversion(conn, merchant_id=request.user.merchant_id,
+            before = {r.id for r in await list_reconversions(conn, merchant_id)}
+            found = await request_reconversion(conn, merchant_id=merchant_id,
                                                amount_cents=data.amount_cents, key=idempotency_key,
                                                actor=request.user.email)
         return Response(_fields(found), status_code=200 if found.id in before else 201)
@@ -252,4 +260,4 @@ class MerchantSettlementController(Controller):
     @get("/reconversions")
     async def my_reconversions(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> list[dict]:
         async with db_engine.connect() as conn:
-            return [_fields(r) for r in await list_reconversions(conn, request.user.merchant_id)]
+            return [_fields(r) for r in await list_reconversions(conn, _merchant(request.user))]
