@@ -230,3 +230,31 @@ async def test_late_items_refunds_counter_sales_negative_nets_and_returns_carry_
             "SELECT event_type FROM audit_inbox WHERE event_type = 'settlement.payment_returned' "
             "AND payload->>'merchant_id' = :m"), {"m": str(shop)})).scalars().all()
     assert events == ["settlement.payment_returned"]
+
+
+async def test_a_weekly_programme_is_settled_by_week_and_a_monthly_one_by_month(engine, settlement_scheme, client,
+                                                                              operator):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    refused = await client.put(f"/settlement/programmes/{scheme.culture.id}/frequency", headers=operator,
+                               json={"frequency": "hourly"})
+    assert refused.status_code == 400
+    changed = await client.put(f"/settlement/programmes/{scheme.culture.id}/frequency", headers=operator,
+                               json={"frequency": "weekly"})
+    assert changed.status_code == 200, changed.text
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(11, 3))      # week 45, monthly programme
+    await scheme.take(merchant_id, scheme.culture, 2_000, at(11, 3))    # week 45 (Tue 3 Nov)
+    await scheme.take(merchant_id, scheme.culture, 3_000, at(11, 10))   # week 46
+    week, paid = await _settle(engine, scheme, "2026-W45")
+    async with engine.connect() as conn:
+        lines = await batches.batch_lines(conn, week.id)
+    assert [(l.programme_id, l.gross_cents) for l in lines] == [(scheme.culture.id, 2_000)]
+    assert paid[merchant_id].payout_cents == 2_000 - 100 - 20
+    month, paid = await _settle(engine, scheme, "2026-11")
+    async with engine.connect() as conn:
+        lines = await batches.batch_lines(conn, month.id)
+    assert [(l.programme_id, l.gross_cents) for l in lines] == [(scheme.gift.id, 10_000)]
+    week, _ = await _settle(engine, scheme, "2026-W46")
+    async with engine.connect() as conn:
+        assert [l.gross_cents for l in await batches.batch_lines(conn, week.id)] == [3_000]
