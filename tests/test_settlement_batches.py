@@ -258,3 +258,19 @@ async def test_a_weekly_programme_is_settled_by_week_and_a_monthly_one_by_month(
     week, _ = await _settle(engine, scheme, "2026-W46")
     async with engine.connect() as conn:
         assert [l.gross_cents for l in await batches.batch_lines(conn, week.id)] == [3_000]
+
+
+async def test_settled_records_cannot_be_rewritten(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(8, 10))
+    batch, _ = await _settle(engine, scheme, "2026-08")
+    for statement in ("UPDATE settlement_payments SET payout_cents = payout_cents + 100 WHERE batch_id = :b",
+                      "DELETE FROM settlement_payments WHERE batch_id = :b",
+                      "DELETE FROM settlement_items WHERE batch_id = :b",
+                      "UPDATE settlement_lines SET fee_cents = 0 WHERE batch_id = :b",
+                      "DELETE FROM settlement_files WHERE batch_id = :b"):
+        with pytest.raises(Exception, match="append-only|only the status"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement), {"b": batch.id})
