@@ -15,7 +15,8 @@ from ledger.check import check_ledger
 from ledger.transfers import Posting, transfer
 from settlement import batches
 from settlement.accounts import settlement_account
-from settlement.errors import BatchInProgress, BatchState, NoFeeRule, NotAllowed, PeriodNotEnded, SameApprover
+from settlement.errors import (BankDetailsInvalid, BatchInProgress, BatchState, NoFeeRule, NotAllowed, PeriodNotEnded,
+                               SameApprover)
 from settlement.fees import create_rule, create_waiver
 
 XSD = Path(__file__).parent / "data" / "pain.001.001.09.xsd"
@@ -274,3 +275,16 @@ async def test_settled_records_cannot_be_rewritten(engine, settlement_scheme):
         with pytest.raises(Exception, match="append-only|only the status"):
             async with engine.begin() as conn:
                 await conn.execute(text(statement), {"b": batch.id})
+
+
+async def test_a_shop_to_be_paid_without_a_valid_iban_stops_the_preparation(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant(iban=None)
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(7, 10))
+    with pytest.raises(BankDetailsInvalid) as refused:
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-07", user_id=scheme.operator_id)
+    assert refused.value.details["merchant_ids"] == [merchant_id] and refused.value.message_fr
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM settlement_batches WHERE issuer_id = :i"),
+                                 {"i": scheme.issuer_id}) == 0  # nothing half-written
