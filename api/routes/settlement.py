@@ -7,7 +7,7 @@ operators bound to an issuer see only that issuer's batches.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 import msgspec
