@@ -288,3 +288,14 @@ async def test_a_shop_to_be_paid_without_a_valid_iban_stops_the_preparation(engi
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM settlement_batches WHERE issuer_id = :i"),
                                  {"i": scheme.issuer_id}) == 0  # nothing half-written
+
+
+async def test_an_issuer_without_its_own_iban_cannot_prepare_payouts(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(7, 10))
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE issuers SET debtor_iban = NULL WHERE id = :i"), {"i": scheme.issuer_id})
+    with pytest.raises(BankDetailsInvalid):
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-07", user_id=scheme.operator_id)
