@@ -429,19 +429,22 @@ async def transfer_between_wallets(
 
 
 async def merchant_account(conn: AsyncConnection, *, merchant_id: int, programme: Programme) -> tuple[int, str]:
-    """The approved merchant's account in the programme's unit, and its trade name."""
+    """The account (in the programme's unit) and trade name of a merchant approved for it."""
     row = (
         await conn.execute(
             text(
                 """
                 SELECT a.id, m.trade_name FROM merchants m
+                JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = :programme_id
+                     AND mp.status = 'approved'
                 JOIN accounts a ON a.kind = 'merchant' AND a.owner_type = 'merchant'
                      AND a.owner_id = m.id::text AND a.unit = :unit
                 WHERE m.id = :merchant_id AND m.status = 'approved' AND m.issuer_id = :issuer_id
                 ORDER BY a.id LIMIT 1
                 """
             ),
-            {"merchant_id": merchant_id, "unit": programme.unit, "issuer_id": programme.issuer_id},
+            {"merchant_id": merchant_id, "unit": programme.unit, "issuer_id": programme.issuer_id,
+             "programme_id": programme.id},
         )
     ).one_or_none()
     if row is None:

@@ -1,6 +1,7 @@
 """Shared fixtures of the wallets capability: a local currency and funded wallets.
 
-``bulle`` (per module): an issuer and its local-currency programme "Bulle" (unit BUL).
+``bulle`` (per module): the local-currency programme "La Bulle" (unit BUL) of the merchants'
+test issuer, so ``approved_merchant(programme_ids=[bulle.id])`` makes a shop that accepts it.
 ``make_wallet(amount_cents=0, tier="unverified")``: opens a wallet, funds it by an online
 top-up's issuance, and returns the ``Wallet``.
 """
@@ -13,15 +14,15 @@ import pytest
 import pytest_asyncio
 
 from ledger.accounts import ensure_unit
-from ledger.scheme import Programme, create_issuer, create_programme, issue
+from ledger.scheme import Programme, create_programme, issue
 
 
 @pytest_asyncio.fixture(scope="module")
-async def bulle(engine) -> Programme:
+async def bulle(engine, merchant_issuer: int) -> Programme:
     async with engine.begin() as conn:
         await ensure_unit(conn, "BUL", "Bulle")
-        issuer_id = await create_issuer(conn, name=f"Bulle {uuid.uuid4().hex[:6]}")
-        return await create_programme(conn, issuer_id=issuer_id, kind="local_currency", name="La Bulle", unit="BUL")
+        return await create_programme(conn, issuer_id=merchant_issuer, kind="local_currency", name="La Bulle",
+                                      unit="BUL")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ a used code stays used, a campaign stays as it was funded, a provider's event st
 
 Revision ID: 0006_wallets
 Revises: 0002_audit
+Depends on: 0004_merchants (merchant_takings, is_counter, merchant_programmes are read and written)
 """
 
 from ledger.database import execute_script
@@ -13,7 +14,7 @@ from ledger.database import execute_script
 revision = "0006_wallets"
 down_revision = "0002_audit"
 branch_labels = None
-depends_on = None
+depends_on = ("0004_merchants",)
 
 SCHEMA = r"""
 -- Holding and receiving limits per verification tier, in cents of the programme's unit.

@@ -1,0 +1,50 @@
+"""Wallets: residents' wallets in the local currency, top-ups, rotating-QR payments, transfers,
+town campaigns and payments, and the wallet web page at ``/wallet/``.
+
+The domain lives in ``ledger.wallets``, ``ledger.topups`` and ``ledger.rotating_codes``; HTTP in
+``api.routes.wallets`` and ``merchant_app_api.wallet_payments``. This module plugs them in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar.static_files import create_static_files_router
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.routes.wallets import (
+    ResidentWalletController,
+    TopupWebhookController,
+    WalletAdminController,
+    WalletOpeningController,
+)
+from merchant_app_api.wallet_payments import WalletPaymentsController
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static" / "wallet"
+
+ROUTES = [
+    WalletOpeningController, ResidentWalletController, TopupWebhookController, WalletAdminController,
+    WalletPaymentsController,
+    create_static_files_router(path="/wallet", directories=[STATIC_DIR], html_mode=True, name="wallet_page",
+                               include_in_schema=False),
+]
+
+PUBLIC_PATHS = ["^/wallet(/|$)", "^/wallets/open$", "^/webhooks/topups$"]
+
+ERROR_STATUS = {
+    "wallet_not_found": 404,
+    "topup_intent_not_found": 404,
+    "wallet_limit_exceeded": 409,
+    "wallet_contact_taken": 409,
+    "wallet_code_invalid": 422,
+    "wallet_code_used": 409,
+    "merchant_not_payable": 422,
+    "not_a_counter": 403,
+    "csv_invalid": 422,
+    "webhook_signature_invalid": 401,
+    "webhook_timestamp_stale": 401,
+    "webhook_replayed": 409,
+    "topup_already_paid": 409,
+    "topup_amount_mismatch": 422,
+}

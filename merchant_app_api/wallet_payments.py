@@ -1,0 +1,125 @@
+"""The shop's side of wallets: take a payment by scanning a resident's rotating QR, credit a
+wallet at an exchange counter, pay a supplier, and show the shop's own QR for residents.
+
+Staff (owner or cashier) act for their own merchant only; every write takes an
+``Idempotency-Key`` so a retry on weak shop Wi-Fi never takes the money twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Annotated
+
+import msgspec
+import qrcode
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.auth import AuthUser, Role, requires
+from api.errors import ApiError
+from api.routes.ledger import IdempotencyKey, PositiveCents, _require_key
+from api.routes.wallets import MovedOut, PaymentOut, payment_out
+from audit.chain import set_actor
+from ledger import rotating_codes, wallets
+
+MERCHANT_QR_PREFIX = "CM1"
+
+
+class CodePaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    amount_cents: PositiveCents
+
+
+class CounterCreditIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The wallet, by its number or by the rotating code on the resident's screen."""
+
+    amount_cents: PositiveCents
+    method: Annotated[str, msgspec.Meta(pattern=r"^(cash|card)$")]
+    wallet_id: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class SupplierPaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    to_merchant_id: Annotated[int, msgspec.Meta(gt=0)]
+    amount_cents: PositiveCents
+
+
+class MerchantQrOut(msgspec.Struct):
+    payload: str
+    png_data_url: str
+
+
+def _merchant(user: AuthUser) -> int:
+    if user.merchant_id is None:
+        raise ApiError(403, "no_merchant", "This user acts for no merchant.")
+    return user.merchant_id
+
+
+def merchant_qr_payload(merchant_id: int, amount_cents: int | None) -> str:
+    """``CM1.<merchant id>`` or ``CM1.<merchant id>.<cents>``: what the wallet page scans."""
+    return f"{MERCHANT_QR_PREFIX}.{merchant_id}" + (f".{amount_cents}" if amount_cents else "")
+
+
+class WalletPaymentsController(Controller):
+    path = "/merchant-app/wallet"
+    tags = ["wallets", "merchant app"]
+    guards = [requires(Role.MERCHANT_OWNER, Role.MERCHANT_CASHIER)]
+
+    @post("/payments")
+    async def take_payment(
+        self, data: JSONBody[CodePaymentIn], request: Request[AuthUser, str, object],
+        db_engine: NamedDependency[AsyncEngine], idempotency_key: IdempotencyKey = None,
+    ) -> Response[PaymentOut]:
+        """Scan the resident's rotating QR, enter the amount: the shop is credited at once."""
+        key = _require_key(idempotency_key)
+        async with db_engine.begin() as conn:
+            await set_actor(conn, f"user:{request.user.id}")
+            payment = await wallets.take_code_payment(conn, key=key, merchant_id=_merchant(request.user),
+                                                      code=data.code, amount_cents=data.amount_cents)
+        return payment_out(payment)
+
+    @post("/counter-credits")
+    async def counter_credit(
+        self, data: JSONBody[CounterCreditIn], request: Request[AuthUser, str, object],
+        db_engine: NamedDependency[AsyncEngine], idempotency_key: IdempotencyKey = None,
+    ) -> Response[MovedOut]:
+        """An exchange counter took euros from a resident and credits their wallet."""
+        key = _require_key(idempotency_key)
+        if (data.wallet_id is None) == (data.code is None):
+            raise ApiError(422, "wallet_required", "Give the wallet's number or its code, not both.")
+        wallet_id = data.wallet_id or rotating_codes.parse(data.code or "").wallet_id
+        async with db_engine.begin() as conn:
+            await set_actor(conn, f"user:{request.user.id}")
+            result = await wallets.counter_credit(conn, key=key, merchant_id=_merchant(request.user),
+                                                  wallet_id=wallet_id, amount_cents=data.amount_cents,
+                                                  method=data.method)
+        return Response(MovedOut(result.transfer_id), status_code=201 if result.created else 200)
+
+    @post("/supplier-payments", guards=[requires(Role.MERCHANT_OWNER)])
+    async def pay_supplier(
+        self, data: JSONBody[SupplierPaymentIn], request: Request[AuthUser, str, object],
+        db_engine: NamedDependency[AsyncEngine], idempotency_key: IdempotencyKey = None,
+    ) -> Response[PaymentOut]:
+        """The owner pays another approved merchant (a supplier) in the local currency."""
+        key = _require_key(idempotency_key)
+        async with db_engine.begin() as conn:
+            await set_actor(conn, f"user:{request.user.id}")
+            payment = await wallets.pay_between_merchants(
+                conn, key=key, from_merchant_id=_merchant(request.user), to_merchant_id=data.to_merchant_id,
+                amount_cents=data.amount_cents)
+        return payment_out(payment)
+
+    @get("/qr")
+    async def shop_qr(
+        self, request: Request[AuthUser, str, object],
+        amount_cents: FromQuery[Annotated[int, msgspec.Meta(gt=0, le=10**9)] | None] = None,
+    ) -> MerchantQrOut:
+        """The shop's QR (static, or with an amount) for residents to scan and pay."""
+        payload = merchant_qr_payload(_merchant(request.user), amount_cents)
+        image = qrcode.make(payload, box_size=10, border=4)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return MerchantQrOut(payload, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
