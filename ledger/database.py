@@ -168,4 +168,8 @@ def expected_heads() -> frozenset[str]:
 
 
 async def applied_heads(conn: AsyncConnection) -> set[str]:
-    return await conn.run_sync(lambda sync: set(MigrationContext.configure(sync).get_current_heads()))
+    """The script's heads this database has reached. A head applied as another revision's
+    ``depends_on`` is not kept in alembic_version, so reached means: below a stored one."""
+    stored = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_heads())
+    below = ScriptDirectory.from_config(_alembic_config()).iterate_revisions(stored, "base")
+    return {revision.revision for revision in below} & expected_heads()
