@@ -64,8 +64,8 @@ class MerchantNotPayable(DomainError):
 
 class NotACounter(DomainError):
     code = "not_a_counter"
-    message = "Only a merchant flagged as exchange counter can credit wallets against euros."
-    message_fr = "Seul un comptoir de change peut créditer un porte-monnaie contre des euros."
+    message = "Only an approved exchange counter of this currency can credit wallets against euros."
+    message_fr = "Seul un comptoir de change agréé pour cette monnaie peut créditer un porte-monnaie contre des euros."
 
 
 class CsvInvalid(DomainError):
@@ -262,17 +262,17 @@ async def get_wallet(conn: AsyncConnection, wallet_id: int) -> Wallet:
 
 async def wallet_secret(conn: AsyncConnection, wallet_id: int) -> str:
     """The wallet's TOTP secret; a wallet opened before rotating codes existed gets one now."""
-    secret = (
+    found = (await conn.execute(text("SELECT totp_secret FROM wallets WHERE id = :id"), {"id": wallet_id})).one_or_none()
+    if found is None:
+        raise WalletNotFound(wallet_id=wallet_id)
+    if found.totp_secret is not None:
+        return found.totp_secret
+    return (
         await conn.execute(
-            text(
-                "UPDATE wallets SET totp_secret = coalesce(totp_secret, :fresh) WHERE id = :id RETURNING totp_secret"
-            ),
+            text("UPDATE wallets SET totp_secret = coalesce(totp_secret, :fresh) WHERE id = :id RETURNING totp_secret"),
             {"id": wallet_id, "fresh": new_secret()},
         )
-    ).scalar()
-    if secret is None:
-        raise WalletNotFound(wallet_id=wallet_id)
-    return secret
+    ).scalar_one()
 
 
 # --- tiers and limits --------------------------------------------------------------------
@@ -604,14 +604,23 @@ async def counter_credit(
     _amount(amount_cents)
     if method not in ("cash", "card"):
         raise InvalidInput("the method is cash or card")
+    wallet = await get_wallet(conn, wallet_id)
+    programme = await get_programme(conn, wallet.programme_id)
+    # The counter owes this programme's reserve: it must be one of the programme's own shops.
     is_counter = (
-        await conn.execute(text("SELECT is_counter AND status = 'approved' FROM merchants WHERE id = :m"),
-                           {"m": merchant_id})
+        await conn.execute(
+            text(
+                """
+                SELECT m.is_counter FROM merchants m
+                JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = :p AND mp.status = 'approved'
+                WHERE m.id = :m AND m.status = 'approved' AND m.issuer_id = :issuer
+                """
+            ),
+            {"m": merchant_id, "p": programme.id, "issuer": programme.issuer_id},
+        )
     ).scalar()
     if not is_counter:
         raise NotACounter(merchant_id=merchant_id)
-    wallet = await get_wallet(conn, wallet_id)
-    programme = await get_programme(conn, wallet.programme_id)
     return await _credit(
         conn, key=f"counter.credit:m{merchant_id}:{_client_key(key)}", kind="counter.credit",
         postings=[

@@ -24,8 +24,11 @@ from api.routes.ledger import IdempotencyKey, PositiveCents, _require_key
 from api.routes.wallets import MovedOut, PaymentOut, payment_out
 from audit.chain import set_actor
 from ledger import rotating_codes, wallets
+from merchant_app_api.throttle import hit
 
 MERCHANT_QR_PREFIX = "CM1"
+# A shop takes a payment every few seconds at most; many more attempts are guessing codes.
+CODE_PAYMENTS_PER_MINUTE = 60
 
 
 class CodePaymentIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,6 +78,7 @@ class WalletPaymentsController(Controller):
     ) -> Response[PaymentOut]:
         """Scan the resident's rotating QR, enter the amount: the shop is credited at once."""
         key = _require_key(idempotency_key)
+        await hit(db_engine, f"wallet-code:user:{request.user.id}", limit=CODE_PAYMENTS_PER_MINUTE, window_s=60)
         async with db_engine.begin() as conn:
             await set_actor(conn, f"user:{request.user.id}")
             payment = await wallets.take_code_payment(conn, key=key, merchant_id=_merchant(request.user),

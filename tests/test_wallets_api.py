@@ -136,7 +136,8 @@ async def test_residents_transfer_units_within_their_limits(client, engine, bull
     assert too_much.json()["limit_cents"] == 15_000 and too_much.json()["limit"] == "hold"
 
 
-async def test_an_exchange_counter_credits_a_wallet_against_euros(client, engine, bulle, approved_merchant):
+async def test_an_exchange_counter_credits_a_wallet_against_euros(client, engine, bulle, approved_merchant,
+                                                                 merchant_programme):
     headers, me = await open_resident(client, bulle)
     counter = await approved_merchant(programme_ids=[bulle.id])
     refused = await client.post("/merchant-app/wallet/counter-credits", headers={**counter.headers, "Idempotency-Key": "c0"},
@@ -148,6 +149,12 @@ async def test_an_exchange_counter_credits_a_wallet_against_euros(client, engine
                                  json={"code": current_code(me), "amount_cents": 2_000, "method": "cash"})
     assert credited.status_code == 201, credited.text
     assert (await client.get("/wallets/me", headers=headers)).json()["wallet"]["balance_cents"] == 2_000
+    elsewhere = await approved_merchant(programme_ids=[merchant_programme.id])  # a counter, not of La Bulle
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE merchants SET is_counter = true WHERE id = :m"), {"m": elsewhere.id})
+    foreign = await client.post("/merchant-app/wallet/counter-credits", headers={**elsewhere.headers, "Idempotency-Key": "c2"},
+                                json={"wallet_id": me["wallet"]["id"], "amount_cents": 2_000, "method": "cash"})
+    assert foreign.status_code == 403 and foreign.json()["code"] == "not_a_counter"
     async with engine.connect() as conn:
         owed = await conn.scalar(text("SELECT balance_cents FROM accounts WHERE kind = 'counter' AND owner_id = :m"),
                                  {"m": str(counter.id)})
