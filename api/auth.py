@@ -184,7 +184,8 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
             raise ApiError(401, "unauthenticated", "Sign in first: this needs a valid token.")
         engine: AsyncEngine = connection.app.state.engine
         async with engine.connect() as conn:
-            user = await user_for_token(conn, token.strip())
+            # One read per request: without BEGIN and ROLLBACK round trips around it.
+            user = await user_for_token(await conn.execution_options(isolation_level="AUTOCOMMIT"), token.strip())
         if user is None:
             raise ApiError(401, "unauthenticated", "This token is unknown, expired or revoked.")
         return AuthenticationResult(user=user, auth=token)

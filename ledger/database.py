@@ -164,12 +164,23 @@ async def migrate(engine: AsyncEngine) -> None:
 
 @cache
 def expected_heads() -> frozenset[str]:
-    return frozenset(ScriptDirectory.from_config(_alembic_config()).get_heads())
+    """The heads the version table holds once every revision is applied: a head that another
+    head depends on (``depends_on``) is folded into it by Alembic, so it is not listed."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    heads = set(script.get_heads())
+
+    def below(name: str) -> set[str]:
+        revision = script.get_revision(name)
+        names = [*_as_tuple(revision.down_revision), *_as_tuple(revision.dependencies)]
+        return set(names).union(*(below(n) for n in names))
+
+    covered = set().union(*(below(head) for head in heads))
+    return frozenset(heads - covered)
+
+
+def _as_tuple(names: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return () if names is None else (names,) if isinstance(names, str) else tuple(names)
 
 
 async def applied_heads(conn: AsyncConnection) -> set[str]:
-    """The script's heads this database has reached. A head applied as another revision's
-    ``depends_on`` is not kept in alembic_version, so reached means: below a stored one."""
-    stored = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_heads())
-    below = ScriptDirectory.from_config(_alembic_config()).iterate_revisions(stored, "base")
-    return {revision.revision for revision in below} & expected_heads()
+    return await conn.run_sync(lambda sync: set(MigrationContext.configure(sync).get_current_heads()))

@@ -26,6 +26,7 @@ from stdnum.fr import siret as siret_number
 from audit.chain import append
 from ledger.accounts import AccountKind, open_account
 from ledger.errors import DomainError, InvalidInput, NotFound
+from ledger.programmes import acceptance, get_rules
 
 NAME_LENGTH_MAX = 200
 ADDRESS_LENGTH_MAX = 200
@@ -430,7 +431,7 @@ async def approve(
 
 async def programme_refusal(conn: AsyncConnection, programme_id: int, category: str | None, merchant_id: int) -> str | None:
     """Why the programme's acceptance rules refuse this merchant, or None."""
-    return None
+    return acceptance(await get_rules(conn, programme_id), category, merchant_id)
 
 
 async def refuse_programme(
@@ -487,3 +488,23 @@ async def suspend(conn: AsyncConnection, merchant_id: int, *, reason: str, actor
 
 async def reinstate(conn: AsyncConnection, merchant_id: int, *, reason: str | None, actor: str) -> None:
     await _move(conn, merchant_id, "approved", reason, actor)
+
+
+class MerchantSuspended(DomainError):
+    code = "merchant_suspended"
+    message = "This shop is suspended by the scheme: it cannot take or refund vouchers for now."
+    message_fr = "Ce commerce est suspendu par le réseau : il ne peut ni encaisser ni rembourser pour le moment."
+
+
+class MerchantNotApproved(DomainError):
+    code = "merchant_not_approved"
+    message = "This shop is not approved yet (or was not approved): it cannot take vouchers."
+    message_fr = "Ce commerce n'est pas (encore) agréé : il ne peut pas encaisser de titres."
+
+
+def check_can_act(status: str) -> None:
+    """Refuse any taking or refund unless the merchant is approved."""
+    if status == "suspended":
+        raise MerchantSuspended()
+    if status != "approved":
+        raise MerchantNotApproved(current_status=status)

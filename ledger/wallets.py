@@ -454,20 +454,21 @@ async def merchant_account(conn: AsyncConnection, *, merchant_id: int, programme
 
 async def _record_taking(
     conn: AsyncConnection, *, merchant_id: int, programme_id: int, amount_cents: int, transfer_id: int,
-    wallet_id: int | None,
+    wallet_id: int | None, user_id: int | None = None,
 ) -> None:
-    """The merchant's taking, read by settlement: one row per payment, with its transfer."""
+    """The merchant's taking, read by settlement: one row per payment, with its transfer (and
+    the staff member who took it, when one did)."""
     await conn.execute(
         text(
             """
             INSERT INTO merchant_takings (merchant_id, programme_id, kind, amount_cents, transfer_id,
-                                          wallet_id, effective_at)
-            SELECT :merchant_id, :programme_id, 'payment', :amount, t.id, :wallet_id, t.effective_at
+                                          wallet_id, effective_at, user_id)
+            SELECT :merchant_id, :programme_id, 'payment', :amount, t.id, :wallet_id, t.effective_at, :user_id
             FROM transfers t WHERE t.id = :transfer_id
             """
         ),
         {"merchant_id": merchant_id, "programme_id": programme_id, "amount": amount_cents,
-         "transfer_id": transfer_id, "wallet_id": wallet_id},
+         "transfer_id": transfer_id, "wallet_id": wallet_id, "user_id": user_id},
     )
 
 
@@ -507,7 +508,7 @@ async def pay_merchant(
 
 
 async def _pay(conn: AsyncConnection, *, ledger_key: str, wallet: Wallet, merchant_id: int, amount_cents: int,
-               channel: str) -> Payment:
+               channel: str, user_id: int | None = None) -> Payment:
     programme = await get_programme(conn, wallet.programme_id)
     account_id, _ = await merchant_account(conn, merchant_id=merchant_id, programme=programme)
     result = await transfer(
@@ -516,12 +517,13 @@ async def _pay(conn: AsyncConnection, *, ledger_key: str, wallet: Wallet, mercha
         metadata={"wallet_id": wallet.id, "merchant_id": merchant_id, "channel": channel},
     )
     await _record_taking(conn, merchant_id=merchant_id, programme_id=programme.id, amount_cents=amount_cents,
-                         transfer_id=result.transfer_id, wallet_id=wallet.id)
+                         transfer_id=result.transfer_id, wallet_id=wallet.id, user_id=user_id)
     return Payment(result.transfer_id, True, merchant_id, wallet.id, amount_cents, programme.id)
 
 
 async def take_code_payment(
-    conn: AsyncConnection, *, key: str, merchant_id: int, code: str, amount_cents: int, now: float | None = None,
+    conn: AsyncConnection, *, key: str, merchant_id: int, code: str, amount_cents: int, user_id: int | None = None,
+    now: float | None = None,
 ) -> Payment:
     """A merchant scans a resident's rotating code and takes ``amount_cents``. The code is
     checked (one step of skew) and burnt in the payment's transaction; a retry with the same
@@ -535,7 +537,7 @@ async def take_code_payment(
     wallet = await get_wallet(conn, scanned.wallet_id)
     step = matching_step(scanned, await wallet_secret(conn, wallet.id), now=now)
     payment = await _pay(conn, ledger_key=ledger_key, wallet=wallet, merchant_id=merchant_id,
-                         amount_cents=amount_cents, channel="code")
+                         amount_cents=amount_cents, channel="code", user_id=user_id)
     burnt = (
         await conn.execute(
             text(

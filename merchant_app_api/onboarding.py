@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import AuthUser, Role, create_user, requires
 from ledger import merchants
-from merchant_app_api.throttle import client_ip, hit
+from api.throttle import client_ip, hit
 
 APPLICATIONS_PER_IP_PER_HOUR = 20
 

@@ -2,15 +2,19 @@
 
 ``approved_merchant``: a factory making a merchant approved for given programmes (its ledger
 account per unit opened), with an owner who has a TOTP second factor and is signed in.
-``merchant_programme``: a programme of the test module's issuer to approve merchants for.
+``merchant_programme``: a gift programme to approve merchants for (made with the vouchers
+capability's ``make_programme``); ``merchant_issuer``: its issuer, with categories
+``librairie``, ``alimentation`` and ``supermarche``.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 
 import pyotp
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.auth import create_user
 from ledger import merchants
 from ledger.accounts import ensure_unit
-from ledger.scheme import Programme, create_issuer, create_programme
+from ledger.programmes import ProgrammeRules
 
 OWNER_PASSWORD = "shop-owner-password-1"
 CATEGORIES = (("librairie", "Librairie", "Bookshop"), ("alimentation", "Alimentation", "Food"),
@@ -36,6 +40,19 @@ def fresh_siret() -> str:
     return body + luhn.calc_check_digit(body)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def receipt_key_file(tmp_path_factory) -> str:
+    """Receipts are signed with a key made for the test session, never the user's own."""
+    path = str(tmp_path_factory.mktemp("receipt-key") / "receipt-signing-key.pem")
+    previous = os.environ.get("CIRCUIT_RECEIPT_KEY_FILE")
+    os.environ["CIRCUIT_RECEIPT_KEY_FILE"] = path
+    yield path
+    if previous is None:
+        del os.environ["CIRCUIT_RECEIPT_KEY_FILE"]
+    else:
+        os.environ["CIRCUIT_RECEIPT_KEY_FILE"] = previous
+
+
 @dataclass(frozen=True)
 class ApprovedMerchant:
     id: int
@@ -49,21 +66,24 @@ class ApprovedMerchant:
     headers: dict[str, str] = field(repr=False)  # the owner's Authorization header
 
 
+async def ensure_categories(conn, issuer_id: int) -> None:
+    for code, label_fr, label_en in CATEGORIES:
+        await merchants.add_category(conn, issuer_id=issuer_id, code=code, label_fr=label_fr, label_en=label_en,
+                                     actor="test")
+
+
 @pytest_asyncio.fixture(scope="module")
-async def merchant_issuer(engine: AsyncEngine) -> int:
+async def merchant_programme(make_programme) -> ProgrammeRules:
+    """A gift programme (vouchers' ``make_programme``) whose issuer has the test categories."""
+    return await make_programme(name="Chèque cadeau (marchands)")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def merchant_issuer(engine: AsyncEngine, merchant_programme: ProgrammeRules) -> int:
     async with engine.begin() as conn:
         await ensure_unit(conn, "BUL", "Bulle")
-        issuer_id = await create_issuer(conn, name=f"Issuer {uuid.uuid4().hex[:6]}")
-        for code, label_fr, label_en in CATEGORIES:
-            await merchants.add_category(conn, issuer_id=issuer_id, code=code, label_fr=label_fr,
-                                         label_en=label_en, actor="test")
-    return issuer_id
-
-
-@pytest_asyncio.fixture(scope="module")
-async def merchant_programme(engine: AsyncEngine, merchant_issuer: int) -> Programme:
-    async with engine.begin() as conn:
-        return await create_programme(conn, issuer_id=merchant_issuer, kind="gift", name="Chèque cadeau", unit="EUR")
+        await ensure_categories(conn, merchant_programme.issuer_id)
+    return merchant_programme.issuer_id
 
 
 def application(issuer_id: int, programme_ids: list[int], **overrides) -> merchants.Application:
@@ -78,16 +98,17 @@ def application(issuer_id: int, programme_ids: list[int], **overrides) -> mercha
 
 
 @pytest_asyncio.fixture(scope="module")
-async def approved_merchant(engine: AsyncEngine, client, merchant_issuer: int, merchant_programme: Programme):
-    """``await approved_merchant(programme_ids=None, category="librairie", issuer_id=None)``."""
+async def approved_merchant(engine: AsyncEngine, client, merchant_issuer: int, merchant_programme: ProgrammeRules):
+    """``await approved_merchant(programme_ids=None, category="librairie")``: approved for the
+    given programmes (all of one issuer; default: ``merchant_programme``)."""
 
-    async def make(programme_ids: list[int] | None = None, category: str = "librairie",
-                   issuer_id: int | None = None) -> ApprovedMerchant:
+    async def make(programme_ids: list[int] | None = None, category: str = "librairie") -> ApprovedMerchant:
         programme_ids = programme_ids or [merchant_programme.id]
-        issuer_id = issuer_id or merchant_issuer
         email = f"owner-{uuid.uuid4().hex[:8]}@shop.test"
         secret = pyotp.random_base32()
         async with engine.begin() as conn:
+            issuer_id = await conn.scalar(text("SELECT issuer_id FROM programmes WHERE id = :id"), {"id": programme_ids[0]})
+            await ensure_categories(conn, issuer_id)
             merchant_id = await merchants.apply(conn, application(issuer_id, programme_ids, category=category), actor="test")
             by_programme = await merchants.approve(conn, merchant_id, programme_ids, actor="test")
             owner_id = await create_user(conn, email=email, password=OWNER_PASSWORD, role="merchant_owner",

@@ -10,7 +10,6 @@ from sqlalchemy import text
 
 from fixtures_merchants import fresh_siret
 from ledger import merchants
-from ledger.scheme import create_programme
 
 
 def _form(issuer_id: int, programme_ids: list[int], **overrides) -> dict:
@@ -81,9 +80,10 @@ async def test_same_siret_cannot_apply_twice(client, merchant_issuer, merchant_p
     assert response.status_code == 409 and response.json()["code"] == "siret_taken"
 
 
-async def test_operator_approves_per_programme_and_the_ledger_account_opens(client, engine, operator, merchant_issuer, merchant_programme):
-    async with engine.begin() as conn:
-        bulle = await create_programme(conn, issuer_id=merchant_issuer, kind="local_currency", name="Bulle", unit="BUL")
+async def test_operator_approves_per_programme_and_the_ledger_account_opens(
+    client, engine, operator, merchant_issuer, merchant_programme, make_programme,
+):
+    bulle = await make_programme(kind="local_currency", unit="BUL", name="La Bulle (test)")
     applied = (await client.post("/merchant-applications/", json=_form(merchant_issuer, [merchant_programme.id, bulle.id]))).json()
 
     approved = await client.post(f"/merchants/{applied['id']}/approve", json={"programme_ids": [merchant_programme.id]}, headers=operator)
@@ -101,6 +101,17 @@ async def test_operator_approves_per_programme_and_the_ledger_account_opens(clie
                                 json={"reason": "not a local producer"}, headers=operator)
     assert {p["programme_id"]: p["status"] for p in refused.json()["programmes"]}[bulle.id] == "refused"
     assert await _events(engine, applied["id"]) == ["merchant.applied", "merchant.approved", "merchant.programme_refused"]
+
+
+async def test_approval_respects_the_programmes_acceptance_rules(client, operator, merchant_issuer, make_programme):
+    no_supermarkets = await make_programme(name="Cœur de ville", categories_excluded=["supermarche"])
+    shop = (await client.post("/merchant-applications/", json=_form(
+        merchant_issuer, [no_supermarkets.id], category="supermarche"))).json()
+    response = await client.post(f"/merchants/{shop['id']}/approve", json={"programme_ids": [no_supermarkets.id]}, headers=operator)
+    assert response.status_code == 409
+    assert (response.json()["code"], response.json()["rule"]) == ("programme_refuses_merchant", "category_excluded")
+    still = (await client.get(f"/merchants/{shop['id']}", headers=operator)).json()
+    assert still["status"] == "applied"
 
 
 async def test_reject_suspend_reinstate_follow_the_review_rules(client, engine, operator, merchant_issuer, merchant_programme):

@@ -54,7 +54,7 @@ def current_code(me, *, steps_back=0):
 
 
 async def take(client, shop, code, amount_cents, key=None):
-    return await client.post("/merchant-app/wallet/payments", headers={**shop.headers, "Idempotency-Key": key or uuid.uuid4().hex},
+    return await client.post("/merchant/wallet/payments", headers={**shop.headers, "Idempotency-Key": key or uuid.uuid4().hex},
                              json={"code": code, "amount_cents": amount_cents})
 
 
@@ -112,7 +112,7 @@ async def test_a_payment_beyond_the_balance_is_refused_and_the_code_stays_usable
 
 async def test_a_resident_pays_by_scanning_the_shops_qr(client, engine, bulle, shop):
     headers, _ = await open_resident(client, bulle, 3_000, engine)
-    qr = (await client.get("/merchant-app/wallet/qr", params={"amount_cents": 800}, headers=shop.headers)).json()
+    qr = (await client.get("/merchant/wallet/qr", params={"amount_cents": 800}, headers=shop.headers)).json()
     assert qr["payload"] == f"CM1.{shop.id}.800" and qr["png_data_url"].startswith("data:image/png;base64,")
     card = await client.get(f"/wallets/me/merchants/{shop.id}", headers=headers)
     assert card.json() == {"id": shop.id, "trade_name": "Librairie du Marché"}
@@ -140,19 +140,19 @@ async def test_an_exchange_counter_credits_a_wallet_against_euros(client, engine
                                                                  merchant_programme):
     headers, me = await open_resident(client, bulle)
     counter = await approved_merchant(programme_ids=[bulle.id])
-    refused = await client.post("/merchant-app/wallet/counter-credits", headers={**counter.headers, "Idempotency-Key": "c0"},
+    refused = await client.post("/merchant/wallet/counter-credits", headers={**counter.headers, "Idempotency-Key": "c0"},
                                 json={"wallet_id": me["wallet"]["id"], "amount_cents": 2_000, "method": "cash"})
     assert refused.status_code == 403 and refused.json()["code"] == "not_a_counter"
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE merchants SET is_counter = true WHERE id = :m"), {"m": counter.id})
-    credited = await client.post("/merchant-app/wallet/counter-credits", headers={**counter.headers, "Idempotency-Key": "c1"},
+    credited = await client.post("/merchant/wallet/counter-credits", headers={**counter.headers, "Idempotency-Key": "c1"},
                                  json={"code": current_code(me), "amount_cents": 2_000, "method": "cash"})
     assert credited.status_code == 201, credited.text
     assert (await client.get("/wallets/me", headers=headers)).json()["wallet"]["balance_cents"] == 2_000
     elsewhere = await approved_merchant(programme_ids=[merchant_programme.id])  # a counter, not of La Bulle
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE merchants SET is_counter = true WHERE id = :m"), {"m": elsewhere.id})
-    foreign = await client.post("/merchant-app/wallet/counter-credits", headers={**elsewhere.headers, "Idempotency-Key": "c2"},
+    foreign = await client.post("/merchant/wallet/counter-credits", headers={**elsewhere.headers, "Idempotency-Key": "c2"},
                                 json={"wallet_id": me["wallet"]["id"], "amount_cents": 2_000, "method": "cash"})
     assert foreign.status_code == 403 and foreign.json()["code"] == "not_a_counter"
     async with engine.connect() as conn:
@@ -249,10 +249,10 @@ async def test_the_town_opens_a_campaign_and_pays_wallets_and_shops_from_csv(cli
 
 async def test_a_shop_pays_its_supplier(client, engine, bulle, shop, approved_merchant):
     supplier = await approved_merchant(programme_ids=[bulle.id])
-    short = await client.post("/merchant-app/wallet/supplier-payments", headers={**supplier.headers, "Idempotency-Key": "s0"},
+    short = await client.post("/merchant/wallet/supplier-payments", headers={**supplier.headers, "Idempotency-Key": "s0"},
                               json={"to_merchant_id": shop.id, "amount_cents": 100})
     assert short.status_code == 409 and short.json()["code"] == "insufficient_funds"
-    paid = await client.post("/merchant-app/wallet/supplier-payments", headers={**shop.headers, "Idempotency-Key": "s1"},
+    paid = await client.post("/merchant/wallet/supplier-payments", headers={**shop.headers, "Idempotency-Key": "s1"},
                              json={"to_merchant_id": supplier.id, "amount_cents": 100})
     assert paid.status_code == 201 and paid.json()["wallet_id"] is None
 

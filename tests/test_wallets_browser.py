@@ -95,7 +95,7 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             await expect(page.locator("#wallet")).to_be_visible()
             wallet_id = int(await page.locator("#wallet-number").inner_text())
 
-            credited = await server.post("/merchant-app/wallet/counter-credits",
+            credited = await server.post("/merchant/wallet/counter-credits",
                                          headers={**shop.headers, "Idempotency-Key": f"browser-{wallet_id}"},
                                          json={"wallet_id": wallet_id, "amount_cents": 2_000, "method": "cash"})
             assert credited.status_code == 201, credited.text
@@ -103,7 +103,7 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
 
             code = decode_qr(await page.locator("#qr").screenshot())
             assert code.startswith(f"CW1.{wallet_id}.")
-            paid = await server.post("/merchant-app/wallet/payments",
+            paid = await server.post("/merchant/wallet/payments",
                                      headers={**shop.headers, "Idempotency-Key": f"sale-{wallet_id}"},
                                      json={"code": code, "amount_cents": 750})
             assert paid.status_code == 201, paid.text
@@ -113,7 +113,7 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             await expect(first).to_contain_text("-7,50")
             await expect(page.locator("#balance")).to_contain_text("12,50")
 
-            replayed = await server.post("/merchant-app/wallet/payments",
+            replayed = await server.post("/merchant/wallet/payments",
                                          headers={**shop.headers, "Idempotency-Key": f"again-{wallet_id}"},
                                          json={"code": code, "amount_cents": 100})
             assert replayed.json()["code"] == "wallet_code_used"

@@ -49,21 +49,17 @@ ERROR_STATUS = {
     "topup_amount_mismatch": 422,
 }
 
-DEMO_ORDER = 60  # after merchants: the demo shops must exist and be reviewed first
+DEMO_ORDER = 60  # after merchants (30), which approves the demo shops for La Bulle
 DEMO_COUNTER_EMAIL = "counter@boulangerie.demo"
 
 
 async def seed_demo(conn: AsyncConnection, demo: dict) -> str:
-    """The demo shops accept La Bulle; the bakery is also an exchange counter, with a user."""
+    """The bakery is also an exchange counter, with a cashier who credits wallets."""
     from api.auth import Role, create_user
-    from ledger import merchants
 
-    bulle = demo["programmes"]["bulle"]
-    for merchant_id in demo["merchant_ids"]:
-        await merchants.approve(conn, merchant_id, [bulle], actor="demo")
     counter_id = demo["merchant_ids"][1]
     await conn.execute(text("UPDATE merchants SET is_counter = true WHERE id = :m"), {"m": counter_id})
-    await create_user(conn, email=DEMO_COUNTER_EMAIL, password=demo["password"], role=Role.MERCHANT_OWNER,
-                      issuer_id=demo["issuer_id"], merchant_id=counter_id)
-    return (f"wallets: the page is at /wallet/; the demo shops accept La Bulle; merchant {counter_id} is an "
-            f"exchange counter ({DEMO_COUNTER_EMAIL}); tiers: unverified holds 150.00 and receives 250.00 a month")
+    await create_user(conn, email=DEMO_COUNTER_EMAIL, password=demo["password"], role=Role.MERCHANT_CASHIER,
+                      display_name="Comptoir", merchant_id=counter_id)
+    return (f"wallets: the page is at /wallet/ (resident@circuit.demo); merchant {counter_id} is an exchange "
+            f"counter (cashier {DEMO_COUNTER_EMAIL}); tiers: unverified holds 150.00 and receives 250.00 a month")

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import AuthUser, Role, issue_token, login, requires, revoke_session
+from api.throttle import client_ip, guarded_login
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,12 +47,12 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/login", exclude_from_auth=True, status_code=200)
-    async def login(self, data: JSONBody[LoginRequest], db_engine: NamedDependency[AsyncEngine]) -> SessionOut:
-        async with db_engine.begin() as conn:
-            token, expires_at, user = await login(
-                conn, email=data.email, password=data.password, totp_code=data.totp_code,
-                label=data.device_label,
-            )
+    async def login(self, data: JSONBody[LoginRequest], request: Request, db_engine: NamedDependency[AsyncEngine]) -> SessionOut:
+        token, expires_at, user = await guarded_login(
+            db_engine, ip=client_ip(request), email=data.email,
+            attempt=lambda conn: login(conn, email=data.email, password=data.password, totp_code=data.totp_code,
+                                       label=data.device_label),
+        )
         return SessionOut(token=token, expires_at=expires_at, user_id=user.id, role=user.role)
 
     @post("/logout", status_code=204)

@@ -24,7 +24,7 @@ from api.errors import ApiError
 from api.routes.ledger import IdempotencyKey, PositiveCents, _require_key
 from audit.chain import set_actor
 from ledger import rotating_codes, topups, wallets
-from merchant_app_api.throttle import client_ip, hit
+from api.throttle import client_ip, hit
 
 WALLET_TOKEN_TTL = timedelta(days=365)
 OPENINGS_PER_IP_PER_HOUR = 20

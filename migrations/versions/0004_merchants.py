@@ -13,6 +13,7 @@
 
 Revision ID: 0004_merchants
 Revises: 0002_audit
+Depends on: 0003_vouchers
 """
 
 from ledger.database import execute_script
@@ -20,7 +21,7 @@ from ledger.database import execute_script
 revision = "0004_merchants"
 down_revision = "0002_audit"
 branch_labels = None
-depends_on = None
+depends_on = ("0003_vouchers",)  # merchant_takings.voucher_id references vouchers
 
 SCHEMA = r"""
 CREATE TABLE merchant_categories (
@@ -69,7 +70,7 @@ CREATE TABLE merchant_takings (
     kind           text NOT NULL CHECK (kind IN ('redeem', 'refund', 'payment')),
     amount_cents   bigint NOT NULL CHECK (amount_cents <> 0),
     transfer_id    bigint NOT NULL UNIQUE REFERENCES transfers(id),
-    voucher_id     bigint,
+    voucher_id     bigint REFERENCES vouchers(id),
     wallet_id      bigint REFERENCES wallets(id),
     refund_of      bigint REFERENCES merchant_takings(id),
     effective_at   timestamptz NOT NULL DEFAULT now(),

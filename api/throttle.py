@@ -7,7 +7,9 @@ also count failures and be locked until a time. Each check is one upsert stateme
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from litestar import Request
 from sqlalchemy import text
@@ -15,9 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.errors import ApiError
 
+LOGINS_PER_IP_PER_MINUTE = 120  # a shop, an office behind one address: the per-email lock does the rest
+LOGIN_FAILURES_MAX = 5  # in a row, for one email: then the email is locked
+LOGIN_LOCK_SECONDS = 15 * 60
+_LOGIN_FAILURES = ("bad_credentials", "bad_totp")
+
+T = TypeVar("T")
+
+# A counter need not survive a crash: its commit does not wait for the disk (synchronous_commit
+# off for this transaction only), which keeps the check off the payment's critical path.
 _HIT_SQL = text(
     """
-    INSERT INTO auth_throttle AS t (key, window_start, hits) VALUES (:key, now(), 1)
+    INSERT INTO auth_throttle AS t (key, window_start, hits)
+    SELECT :key, now(), 1 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
     ON CONFLICT (key) DO UPDATE SET
         window_start = CASE WHEN t.window_start <= now() - make_interval(secs => :window_s)
                             THEN now() ELSE t.window_start END,
@@ -32,20 +44,18 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def hit_in(conn: AsyncConnection, key: str, *, limit: int, window_s: int) -> None:
-    """Count one hit on ``key`` in the caller's transaction; refuse past ``limit`` per window."""
-    row = (await conn.execute(_HIT_SQL, {"key": key, "window_s": window_s})).one()
+async def hit(engine: AsyncEngine, key: str, *, limit: int, window_s: int) -> None:
+    """Count one hit on ``key`` in its own transaction, committed whatever the request does
+    next (without waiting for the disk); refuse past ``limit`` per window."""
+    async with engine.connect() as conn:
+        # One statement, its own transaction: no BEGIN and COMMIT round trips around it.
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await autocommit.execute(_HIT_SQL, {"key": key, "window_s": window_s})).one()
     if row.hits > limit:
         retry_after_s = max(1, math.ceil(row.left_s))
         raise ApiError(429, "rate_limited", f"Too many requests; try again in {retry_after_s} s.",
                        detail_fr=f"Trop de demandes ; réessayez dans {retry_after_s} s.",
                        retry_after_s=retry_after_s)
-
-
-async def hit(engine: AsyncEngine, key: str, *, limit: int, window_s: int) -> None:
-    """Count one hit on its own, committed whatever the request does next."""
-    async with engine.begin() as conn:
-        await hit_in(conn, key, limit=limit, window_s=window_s)
 
 
 async def locked_until(engine: AsyncEngine, keys: list[str]) -> datetime | None:
@@ -86,3 +96,24 @@ def locked_error(until: datetime) -> ApiError:
     return ApiError(429, "login_locked", f"Too many failed sign-ins; try again in {retry_after_s} s.",
                     detail_fr=f"Trop d'échecs de connexion ; réessayez dans {retry_after_s} s.",
                     retry_after_s=retry_after_s)
+
+
+async def guarded_login(
+    engine: AsyncEngine, *, ip: str, email: str, attempt: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    """Run a sign-in ``attempt`` in its own transaction behind the IP rate limit and the
+    email's lockout; a wrong password or code counts towards the lock, a success resets it."""
+    await hit(engine, f"login:ip:{ip}", limit=LOGINS_PER_IP_PER_MINUTE, window_s=60)
+    key = f"login:email:{email.strip().lower()}"
+    until = await locked_until(engine, [key])
+    if until is not None:
+        raise locked_error(until)
+    try:
+        async with engine.begin() as conn:
+            result = await attempt(conn)
+            await clear_failures(conn, key)
+            return result
+    except ApiError as error:
+        if error.code in _LOGIN_FAILURES:
+            await record_failure(engine, key, failures_max=LOGIN_FAILURES_MAX, lock_s=LOGIN_LOCK_SECONDS)
+        raise

@@ -1,0 +1,748 @@
+"""Vouchers over HTTP: programmes (operators), employers and their orders, issued vouchers,
+their printable and digital forms, the public key set and the public balance enquiry.
+
+Thin controllers: JSON shapes and auth here, every rule in ``ledger.programmes``,
+``ledger.employers``, ``ledger.orders``, ``ledger.vouchers`` and ``ledger.voucher_print``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from datetime import date, datetime, time as clock_time, timedelta, timezone
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+from litestar import Controller, Request, Response, get, patch, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from api.auth import AuthUser, Role, create_user, requires
+from api.errors import ApiError
+from audit.chain import set_actor
+from ledger import employers as employer_domain
+from ledger import orders as order_domain
+from ledger import programmes as programme_domain
+from ledger import vouchers as voucher_domain
+from ledger import voucher_print
+from ledger.cobranding import check_logo
+from ledger.order_lines import check_lines, parse_csv
+from ledger.programmes import PARIS, ProgrammeRules
+from ledger.tokens import format_code
+
+log = structlog.get_logger("vouchers")
+
+KEYS_PATH = "/.well-known/circuit-voucher-keys.json"
+BALANCE_PATH = "/public/vouchers/balance"
+PAGE_PREFIX = "/v/"
+BALANCE_REQUESTS_PER_MINUTE = 10
+EXPIRY_JOB_SECONDS = 300.0
+
+# --- wire shapes --------------------------------------------------------------------------
+
+Cents = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
+Category = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$")]
+
+
+class IssuerIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    siren: Annotated[str, msgspec.Meta(max_length=20)]
+
+
+class IssuerOut(msgspec.Struct):
+    id: int
+    name: str
+    siren: str
+
+
+class Texts(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    terms: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class ProgrammeIn(msgspec.Struct, forbid_unknown_fields=True):
+    issuer_id: int
+    kind: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    unit: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3,8}$")] = "EUR"
+    face_value_min_cents: Cents = 100
+    face_value_max_cents: Cents = 50_000
+    validity_months: int | None = 12
+    valid_until: date | None = None
+    partial_redemption: bool = True
+    categories_allowed: list[Category] | None = None
+    categories_excluded: list[Category] = []
+    merchants_allowed: list[int] = []
+    merchants_denied: list[int] = []
+    second_language: str = "en"
+    texts: dict[str, Texts] = {}
+    purchase_fee_bp: int = 0
+
+
+class ProgrammeChange(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Only the fields sent are changed. Send validity_months or valid_until (the other becomes null)."""
+
+    name: str | msgspec.UnsetType = msgspec.UNSET
+    face_value_min_cents: Cents | msgspec.UnsetType = msgspec.UNSET
+    face_value_max_cents: Cents | msgspec.UnsetType = msgspec.UNSET
+    validity_months: int | msgspec.UnsetType = msgspec.UNSET
+    valid_until: date | msgspec.UnsetType = msgspec.UNSET
+    partial_redemption: bool | msgspec.UnsetType = msgspec.UNSET
+    categories_allowed: list[Category] | None | msgspec.UnsetType = msgspec.UNSET
+    categories_excluded: list[Category] | msgspec.UnsetType = msgspec.UNSET
+    merchants_allowed: list[int] | msgspec.UnsetType = msgspec.UNSET
+    merchants_denied: list[int] | msgspec.UnsetType = msgspec.UNSET
+    second_language: str | msgspec.UnsetType = msgspec.UNSET
+    texts: dict[str, Texts] | msgspec.UnsetType = msgspec.UNSET
+    purchase_fee_bp: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class EmployerIn(msgspec.Struct, forbid_unknown_fields=True):
+    issuer_id: int
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    siret: Annotated[str, msgspec.Meta(max_length=30)]
+    address: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class EmployerUserIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    display_name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class LineBody(msgspec.Struct, forbid_unknown_fields=True):
+    beneficiary_name: Annotated[str, msgspec.Meta(max_length=400)]
+    amount_cents: int
+    beneficiary_email: Annotated[str, msgspec.Meta(max_length=400)] | None = None
+
+
+class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
+    programme_id: int
+    event: str
+    employer_id: int | None = None  # operators ordering for an employer say which
+    event_label: Annotated[str, msgspec.Meta(max_length=400)] = ""
+    message: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    colour_primary: Annotated[str, msgspec.Meta(max_length=20)] = "#1F4E79"
+    colour_secondary: Annotated[str, msgspec.Meta(max_length=20)] = "#F2C14E"
+    lines: Annotated[list[LineBody], msgspec.Meta(max_length=20_000)] = []
+
+
+class OrderChange(msgspec.Struct, forbid_unknown_fields=True):
+    event: str | None = None
+    event_label: Annotated[str, msgspec.Meta(max_length=400)] | None = None
+    message: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    colour_primary: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+    colour_secondary: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+
+
+class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    amount_cents: int
+    reference: Annotated[str, msgspec.Meta(max_length=400)]
+
+
+class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class ExtendIn(msgspec.Struct, forbid_unknown_fields=True):
+    valid_until: date  # last valid day (Europe/Paris), inclusive
+
+
+class BalanceIn(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(max_length=40)]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def _actor(user: AuthUser) -> str:
+    return f"user:{user.id}:{user.role}"
+
+
+async def _begin(conn: AsyncConnection, user: AuthUser) -> None:
+    await set_actor(conn, _actor(user))
+
+
+def _programme_out(rules: ProgrammeRules) -> dict[str, Any]:
+    return {
+        "id": rules.id, "issuer_id": rules.issuer_id, "kind": rules.kind, "name": rules.name, "unit": rules.unit,
+        "face_value_min_cents": rules.face_value_min_cents, "face_value_max_cents": rules.face_value_max_cents,
+        "validity_months": rules.validity_months,
+        "valid_until": rules.valid_until.isoformat() if rules.valid_until else None,
+        "partial_redemption": rules.partial_redemption,
+        "categories_allowed": None if rules.categories_allowed is None else list(rules.categories_allowed),
+        "categories_excluded": list(rules.categories_excluded), "merchants_allowed": list(rules.merchants_allowed),
+        "merchants_denied": list(rules.merchants_denied), "second_language": rules.second_language,
+        "texts": rules.texts, "purchase_fee_bp": rules.purchase_fee_bp,
+        "accounts": {"float": rules.float_account_id, "reserve": rules.reserve_account_id,
+                     "bank": rules.bank_account_id, "breakage": rules.breakage_account_id},
+    }
+
+
+def _texts(texts: dict[str, Texts]) -> dict[str, dict[str, str]]:
+    return {lang: {k: v for k, v in msgspec.structs.asdict(entry).items() if v} for lang, entry in texts.items()}
+
+
+async def _employer_scope(conn: AsyncConnection, user: AuthUser) -> int | None:
+    """None for an operator (every employer); the user's employer for an employer user."""
+    if user.role == Role.OPERATOR:
+        return None
+    employer_id = await employer_domain.employer_of_user(conn, user.id)
+    if employer_id is None:
+        raise ApiError(403, "no_employer", "This user does not act for any employer yet.",
+                       detail_fr="Cet utilisateur n'agit encore pour aucun employeur.")
+    return employer_id
+
+
+async def _order_for(conn: AsyncConnection, user: AuthUser, order_id: int, *, for_update: bool = False) -> order_domain.Order:
+    order = await order_domain.get_order(conn, order_id, for_update=for_update)
+    scope = await _employer_scope(conn, user)
+    if scope is not None and order.employer_id != scope:
+        # Not "forbidden": another employer's order numbers are none of this user's business.
+        raise ApiError(404, "not_found", "No order has this id.", detail_fr="Aucune commande ne porte ce numéro.")
+    return order
+
+
+async def _order_out(conn: AsyncConnection, order: order_domain.Order) -> dict[str, Any]:
+    fixed = await order_domain.fixed_quote(conn, order)
+    return {
+        "id": order.id, "employer_id": order.employer_id, "programme_id": order.programme_id, "status": order.status,
+        "event": order.event, "event_label": order.event_label, "message": order.message,
+        "colour_primary": order.colour_primary, "colour_secondary": order.colour_secondary,
+        "logo": order.logo_media_type, "payment_reference": order.payment_reference,
+        "payment_transfer_id": order.payment_transfer_id, "issue_transfer_id": order.issue_transfer_id,
+        "created_at": order.created_at.isoformat(),
+        "confirmed_at": order.confirmed_at.isoformat() if order.confirmed_at else None,
+        "paid_at": order.paid_at.isoformat() if order.paid_at else None,
+        "issued_at": order.issued_at.isoformat() if order.issued_at else None,
+        "cancelled_at": order.cancelled_at.isoformat() if order.cancelled_at else None,
+        "quote": order_domain.quote_as_dict(fixed),
+    }
+
+
+def _voucher_out(voucher: voucher_domain.Voucher, balance_cents: int | None = None) -> dict[str, Any]:
+    return {
+        "id": voucher.id, "programme_id": voucher.programme_id, "account_id": voucher.account_id,
+        "code": format_code(voucher.code), "token": voucher.token, "key_id": voucher.key_id,
+        "face_value_cents": voucher.face_value_cents, "balance_cents": balance_cents,
+        "beneficiary_name": voucher.beneficiary_name, "beneficiary_email": voucher.beneficiary_email,
+        "employer_id": voucher.employer_id, "order_id": voucher.order_id, "status": voucher.status,
+        "issued_at": voucher.issued_at.isoformat(), "expires_at": voucher.expires_at.isoformat(),
+        "replaced_by": voucher.replaced_by, "reissue_of": voucher.reissue_of,
+        "page_path": f"{PAGE_PREFIX}{voucher.page_secret}",
+    }
+
+
+async def _lines_from_json(conn: AsyncConnection, order: order_domain.Order, lines: list[LineBody]):
+    programme = await programme_domain.get_rules(conn, order.programme_id)
+    return check_lines(
+        ((index, line.beneficiary_name, line.beneficiary_email or "", line.amount_cents)
+         for index, line in enumerate(lines, start=1)),
+        min_cents=programme.face_value_min_cents, max_cents=programme.face_value_max_cents,
+    )
+
+
+def _attachment(content: bytes, media_type: str, filename: str) -> Response[bytes]:
+    return Response(content, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+class _RateLimiter:
+    """At most ``limit`` requests per client address per minute (per process)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: dict[str, deque[float]] = {}
+
+    def check(self, client: str) -> None:
+        now = time.monotonic()
+        window = self.seen.setdefault(client, deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= self.limit:
+            raise ApiError(429, "rate_limited", "Too many balance enquiries from this address; try again in a minute.",
+                           detail_fr="Trop de demandes de solde depuis cette adresse ; réessayez dans une minute.",
+                           retry_after_s=int(60 - (now - window[0])) + 1)
+        window.append(now)
+        if len(self.seen) > 100_000:  # forget idle addresses rather than grow without bound
+            for address in [a for a, w in self.seen.items() if not w or w[-1] <= now - 60]:
+                del self.seen[address]
+
+
+_balance_limiter = _RateLimiter(BALANCE_REQUESTS_PER_MINUTE)
+
+
+# --- operators: issuers, programmes, employers ---------------------------------------------
+
+class ProgrammesController(Controller):
+    path = "/"
+    tags = ["vouchers: programmes"]
+    guards = [requires(Role.OPERATOR)]
+
+    @post("/issuers", status_code=201)
+    async def create_issuer(self, request: Request, data: JSONBody[IssuerIn], db_engine: NamedDependency[AsyncEngine]) -> IssuerOut:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            issuer_id = await programme_domain.create_issuer(conn, name=data.name, siren=data.siren, actor=_actor(request.user))
+            siren = await conn.scalar(text("SELECT siren FROM issuers WHERE id = :id"), {"id": issuer_id})
+        return IssuerOut(issuer_id, data.name.strip(), siren)
+
+    @post("/programmes", status_code=201)
+    async def create_programme(self, request: Request, data: JSONBody[ProgrammeIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        rules = {f: getattr(data, f) for f in programme_domain.RULE_FIELDS}
+        rules["texts"] = _texts(data.texts)
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            created = await programme_domain.create_programme(
+                conn, issuer_id=data.issuer_id, kind=data.kind, unit=data.unit, actor=_actor(request.user), **rules)
+        return _programme_out(created)
+
+    @get("/programmes")
+    async def list_programmes(self, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+        async with db_engine.connect() as conn:
+            return [_programme_out(r) for r in await programme_domain.list_rules(conn)]
+
+    @get("/programmes/{programme_id:int}")
+    async def programme(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.connect() as conn:
+            return _programme_out(await programme_domain.get_rules(conn, programme_id))
+
+    @patch("/programmes/{programme_id:int}")
+    async def change_programme(self, request: Request, programme_id: FromPath[int], data: JSONBody[ProgrammeChange],
+                               db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        if "texts" in changes:
+            changes["texts"] = _texts(changes["texts"])
+        if "validity_months" in changes:
+            changes.setdefault("valid_until", None)
+        elif "valid_until" in changes:
+            changes["validity_months"] = None
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            changed = await programme_domain.update_programme(conn, programme_id, actor=_actor(request.user), **changes)
+        return _programme_out(changed)
+
+    @get("/programmes/{programme_id:int}/statistics")
+    async def statistics(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.connect() as conn:
+            found = await voucher_domain.programme_statistics(conn, programme_id)
+        return dataclasses.asdict(found)
+
+    @post("/employers", status_code=201)
+    async def create_employer(self, request: Request, data: JSONBody[EmployerIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            employer = await employer_domain.create_employer(
+                conn, issuer_id=data.issuer_id, name=data.name, siret=data.siret, address=data.address,
+                actor=_actor(request.user))
+        return {"id": employer.id, "issuer_id": employer.issuer_id, "name": employer.name, "siret": employer.siret,
+                "address": employer.address}
+
+    @get("/employers")
+    async def list_employers(self, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+        async with db_engine.connect() as conn:
+            return [{"id": e.id, "issuer_id": e.issuer_id, "name": e.name, "siret": e.siret, "address": e.address}
+                    for e in await employer_domain.list_employers(conn)]
+
+    @post("/employers/{employer_id:int}/users", status_code=201)
+    async def create_employer_user(self, request: Request, employer_id: FromPath[int], data: JSONBody[EmployerUserIn],
+                                   db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            employer = await employer_domain.get_employer(conn, employer_id)
+            user_id = await create_user(conn, email=data.email, password=data.password, role=Role.EMPLOYER,
+                                        display_name=data.display_name, issuer_id=employer.issuer_id)
+            await employer_domain.attach_user(conn, user_id=user_id, employer_id=employer_id, actor=_actor(request.user))
+        return {"id": user_id, "email": data.email.lower(), "role": "employer", "employer_id": employer_id}
+
+
+# --- orders: employers (their own) and operators (all) ------------------------------------
+
+class OrdersController(Controller):
+    path = "/voucher-orders"
+    tags = ["vouchers: orders"]
+    guards = [requires(Role.EMPLOYER, Role.OPERATOR)]
+
+    @post("/", status_code=201)
+    async def create(self, request: Request, data: JSONBody[OrderIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            scope = await _employer_scope(conn, request.user)
+            employer_id = scope if scope is not None else data.employer_id
+            if employer_id is None or (scope is not None and data.employer_id not in (None, scope)):
+                raise ApiError(422, "employer_required", "Say which employer the order is for (employer_id).",
+                               detail_fr="Indiquez pour quel employeur est la commande (employer_id).")
+            order = await order_domain.create_order(
+                conn, employer_id=employer_id, programme_id=data.programme_id, event=data.event,
+                event_label=data.event_label, message=data.message, colour_primary=data.colour_primary,
+                colour_secondary=data.colour_secondary, created_by=request.user.id, actor=_actor(request.user))
+            if data.lines:
+                lines = await _lines_from_json(conn, order, data.lines)
+                await order_domain.replace_lines(conn, order.id, lines, actor=_actor(request.user))
+            return await _order_out(conn, order)
+
+    @get("/")
+    async def list_orders(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+        async with db_engine.connect() as conn:
+            scope = await _employer_scope(conn, request.user)
+            return [await _order_out(conn, o) for o in await order_domain.list_orders(conn, employer_id=scope)]
+
+    @get("/{order_id:int}")
+    async def order(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.connect() as conn:
+            return await _order_out(conn, await _order_for(conn, request.user, order_id))
+
+    @patch("/{order_id:int}")
+    async def change(self, request: Request, order_id: FromPath[int], data: JSONBody[OrderChange],
+                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            await _order_for(conn, request.user, order_id)
+            order = await order_domain.set_cobranding(
+                conn, order_id, actor=_actor(request.user), message=data.message, colour_primary=data.colour_primary,
+                colour_secondary=data.colour_secondary, event=data.event, event_label=data.event_label)
+            return await _order_out(conn, order)
+
+    @get("/{order_id:int}/lines")
+    async def lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+        async with db_engine.connect() as conn:
+            await _order_for(conn, request.user, order_id)
+            return [{"line_no": line.line_no, "beneficiary_name": line.beneficiary_name,
+                     "beneficiary_email": line.beneficiary_email, "amount_cents": line.amount_cents}
+                    for line in await order_domain.get_lines(conn, order_id)]
+
+    @put("/{order_id:int}/lines")
+    async def replace_lines(self, request: Request, order_id: FromPath[int], data: JSONBody[list[LineBody]],
+                            db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            order = await _order_for(conn, request.user, order_id, for_update=True)
+            lines = await _lines_from_json(conn, order, data)
+            await order_domain.replace_lines(conn, order_id, lines, actor=_actor(request.user))
+            return await _order_out(conn, order)
+
+    @put("/{order_id:int}/lines.csv")
+    async def upload_lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        """Send the CSV as the raw request body (``Content-Type: text/csv``)."""
+        body = await request.body()
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            order = await _order_for(conn, request.user, order_id, for_update=True)
+            programme = await programme_domain.get_rules(conn, order.programme_id)
+            lines = parse_csv(body, min_cents=programme.face_value_min_cents, max_cents=programme.face_value_max_cents)
+            await order_domain.replace_lines(conn, order_id, lines, actor=_actor(request.user))
+            return await _order_out(conn, order)
+
+    @put("/{order_id:int}/logo")
+    async def upload_logo(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        """Send the PNG, JPEG or SVG file as the raw request body."""
+        logo = check_logo(await request.body())
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            await _order_for(conn, request.user, order_id)
+            order = await order_domain.set_cobranding(conn, order_id, actor=_actor(request.user), logo=logo)
+            return await _order_out(conn, order)
+
+    @post("/{order_id:int}/confirm", status_code=200)
+    async def confirm(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            await _order_for(conn, request.user, order_id)
+            order, _ = await order_domain.confirm(conn, order_id, actor=_actor(request.user))
+            return await _order_out(conn, order)
+
+    @post("/{order_id:int}/cancel", status_code=200)
+    async def cancel(self, request: Request, order_id: FromPath[int], data: JSONBody[ReasonIn],
+                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            await _order_for(conn, request.user, order_id)
+            order = await order_domain.cancel(conn, order_id, reason=data.reason, actor=_actor(request.user))
+            return await _order_out(conn, order)
+
+    @post("/{order_id:int}/payment", status_code=200, guards=[requires(Role.OPERATOR)])
+    async def record_payment(self, request: Request, order_id: FromPath[int], data: JSONBody[PaymentIn],
+                             db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        """The operator records the bank transfer; the vouchers are issued at once."""
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            await order_domain.record_payment(conn, order_id, amount_cents=data.amount_cents, reference=data.reference,
+                                              actor=_actor(request.user))
+        return await _issue_order(db_engine, request.user, order_id)
+
+    @post("/{order_id:int}/issue", status_code=200, guards=[requires(Role.OPERATOR)])
+    async def issue(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        """Issue a paid order (done by the payment itself; here to retry should that have failed)."""
+        return await _issue_order(db_engine, request.user, order_id)
+
+    @get("/{order_id:int}/vouchers")
+    async def vouchers(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+        async with db_engine.connect() as conn:
+            await _order_for(conn, request.user, order_id)
+            found = await voucher_domain.vouchers_of_order(conn, order_id)
+            balances = await _balances(conn, found)
+        return [_voucher_out(v, balances[v.account_id]) for v in found]
+
+    @get("/{order_id:int}/vouchers.pdf")
+    async def order_pdf(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+        async with db_engine.connect() as conn:
+            await _order_for(conn, request.user, order_id)
+            batch = await voucher_print.load_order_batch(conn, order_id)
+        content = await asyncio.to_thread(voucher_print.order_pdf, batch)
+        return _attachment(content, "application/pdf", f"order-{order_id}-vouchers.pdf")
+
+    @get("/{order_id:int}/vouchers.zip")
+    async def order_zip(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+        async with db_engine.connect() as conn:
+            await _order_for(conn, request.user, order_id)
+            batch = await voucher_print.load_order_batch(conn, order_id)
+        content = await asyncio.to_thread(voucher_print.order_zip, batch)
+        return _attachment(content, "application/zip", f"order-{order_id}-vouchers.zip")
+
+
+async def _issue_order(db_engine: AsyncEngine, user: AuthUser, order_id: int) -> dict[str, Any]:
+    async with db_engine.begin() as conn:
+        await _begin(conn, user)
+        order, _ = await order_domain.issue(conn, order_id, actor=_actor(user))
+        return await _order_out(conn, order)
+
+
+async def _balances(conn: AsyncConnection, vouchers: list[voucher_domain.Voucher]) -> dict[int, int]:
+    rows = (await conn.execute(
+        text("SELECT id, balance_cents FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": [v.account_id for v in vouchers]},
+    )).all()
+    return dict(rows)
+
+
+# --- vouchers: operators (lifecycle), holders (their own page) ------------------------------
+
+class VouchersController(Controller):
+    path = "/vouchers"
+    tags = ["vouchers"]
+    guards = [requires(Role.OPERATOR, Role.EMPLOYER)]
+
+    async def _voucher_for(self, conn: AsyncConnection, user: AuthUser, voucher_id: int) -> voucher_domain.Voucher:
+        voucher = await voucher_domain.get_voucher(conn, voucher_id)
+        scope = await _employer_scope(conn, user)
+        if scope is not None and voucher.employer_id != scope:
+            raise ApiError(404, "not_found", "No voucher has this id.", detail_fr="Aucun titre ne porte ce numéro.")
+        return voucher
+
+    @get("/{voucher_id:int}")
+    async def voucher(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.connect() as conn:
+            voucher = await self._voucher_for(conn, request.user, voucher_id)
+            return _voucher_out(voucher, (await _balances(conn, [voucher]))[voucher.account_id])
+
+    @get("/{voucher_id:int}/qr.png")
+    async def qr(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+        async with db_engine.connect() as conn:
+            voucher = await self._voucher_for(conn, request.user, voucher_id)
+        return Response(voucher_print.qr_png(voucher.token), media_type="image/png")
+
+    @get("/{voucher_id:int}/voucher.pdf")
+    async def pdf(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+        async with db_engine.connect() as conn:
+            voucher = await self._voucher_for(conn, request.user, voucher_id)
+            batch = await voucher_print.load_batch(conn, [voucher])
+        content = await asyncio.to_thread(voucher_print.voucher_pdf, batch, batch.vouchers[0])
+        return _attachment(content, "application/pdf", f"voucher-{voucher.code}.pdf")
+
+    @post("/{voucher_id:int}/revoke", status_code=200, guards=[requires(Role.OPERATOR)])
+    async def revoke(self, request: Request, voucher_id: FromPath[int], data: JSONBody[ReasonIn],
+                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        """Revoke a lost voucher; what is left on it moves to a new voucher (new code, new token)."""
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            old, new = await voucher_domain.revoke_and_reissue(conn, voucher_id, reason=data.reason, actor=_actor(request.user))
+            balances = await _balances(conn, [old] + ([new] if new else []))
+        return {"revoked": _voucher_out(old, balances[old.account_id]),
+                "replacement": _voucher_out(new, balances[new.account_id]) if new else None}
+
+    @post("/{voucher_id:int}/extend", status_code=200, guards=[requires(Role.OPERATOR)])
+    async def extend(self, request: Request, voucher_id: FromPath[int], data: JSONBody[ExtendIn],
+                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        expires_at = datetime.combine(data.valid_until + timedelta(days=1), clock_time(), PARIS).astimezone(timezone.utc)
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            voucher = await voucher_domain.extend_validity(conn, voucher_id, expires_at=expires_at, actor=_actor(request.user))
+            return _voucher_out(voucher, (await _balances(conn, [voucher]))[voucher.account_id])
+
+    @post("/expire", status_code=200, guards=[requires(Role.OPERATOR)])
+    async def expire(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        """Run the expiry now (the serve job does it every few minutes)."""
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            run = await voucher_domain.expire_due(conn, actor=_actor(request.user))
+        return {"vouchers": run.vouchers, "moved_cents": run.moved_cents, "transfer_ids": list(run.transfer_ids)}
+
+    @post("/keys/rotate", status_code=200, guards=[requires(Role.OPERATOR)])
+    async def rotate_key(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+        async with db_engine.begin() as conn:
+            await _begin(conn, request.user)
+            key = await voucher_domain.rotate_key(conn, actor=_actor(request.user))
+        return {"active_key_id": key.key_id}
+
+
+# --- public: key set, balance enquiry, digital voucher page --------------------------------
+
+@get(KEYS_PATH, exclude_from_auth=True, tags=["vouchers"])
+async def voucher_keys(db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    """Every key that ever signed voucher tokens: enough to verify a token offline (docs/tokens.md)."""
+    async with db_engine.begin() as conn:
+        await voucher_domain.active_key(conn)  # a fresh scheme publishes its key before its first voucher
+        keys = await voucher_domain.key_set(conn)
+    return {"format": "CV1", "keys": [
+        {"key_id": k.key_id, "algorithm": "ed25519", "public_key": k.public_key.hex(),
+         "created_at": k.created_at.isoformat(), "retired_at": k.retired_at.isoformat() if k.retired_at else None}
+        for k in keys]}
+
+
+@post(BALANCE_PATH, exclude_from_auth=True, status_code=200, tags=["vouchers"])
+async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    """What is left on a voucher and until when: nothing else (not who holds it, not where it was spent)."""
+    _balance_limiter.check(request.client.host if request.client else "unknown")
+    async with db_engine.connect() as conn:
+        voucher = await voucher_domain.voucher_for_code(conn, data.code)
+        left = await voucher_domain.available_cents(conn, voucher)
+        unit = await conn.scalar(text("SELECT unit FROM accounts WHERE id = :id"), {"id": voucher.account_id})
+    usable = voucher.status == "active" and voucher.expires_at > datetime.now(timezone.utc)
+    return {"balance_cents": left if usable else 0, "unit": unit,
+            "expires_at": voucher.expires_at.isoformat(),
+            "valid_until": (voucher.expires_at.astimezone(PARIS) - timedelta(seconds=1)).date().isoformat(),
+            "status": voucher.status if voucher.status != "active" or usable else "expired"}
+
+
+@get(PAGE_PREFIX + "{secret:str}", exclude_from_auth=True, tags=["vouchers"], media_type="text/html")
+async def voucher_page(secret: FromPath[str], db_engine: NamedDependency[AsyncEngine]) -> Response[str]:
+    """The holder's digital voucher, reachable only by its secret link."""
+    async with db_engine.connect() as conn:
+        voucher = await voucher_domain.voucher_for_page(conn, secret)
+        page = await voucher_print.load_page(conn, voucher)
+    return Response(voucher_print.voucher_html(page), media_type="text/html",
+                    headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                             "X-Robots-Tag": "noindex"})
+
+
+@get(PAGE_PREFIX + "{secret:str}/qr.png", exclude_from_auth=True, tags=["vouchers"])
+async def voucher_page_qr(secret: FromPath[str], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+    async with db_engine.connect() as conn:
+        voucher = await voucher_domain.voucher_for_page(conn, secret)
+    return Response(voucher_print.qr_png(voucher.token), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+# --- jobs, commands, demo --------------------------------------------------------------------
+
+async def expiry_job(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Move the balance of expired vouchers to breakage, every few minutes."""
+    while not stop.is_set():
+        try:
+            async with engine.begin() as conn:
+                run = await voucher_domain.expire_due(conn, actor="job:vouchers.expire")
+            if run.vouchers:
+                log.info("vouchers_expired", vouchers=run.vouchers, moved_cents=run.moved_cents)
+        except Exception:
+            log.exception("voucher_expiry_failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=EXPIRY_JOB_SECONDS)
+        except TimeoutError:
+            pass
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    vouchers = subparsers.add_parser("vouchers", help="gift vouchers: expire, rotate the signing key")
+    commands = vouchers.add_subparsers(dest="vouchers_command", required=True)
+    commands.add_parser("expire", help="move the balance of every expired voucher to its programme's breakage "
+                        "account (ledger transfers and audit events)").set_defaults(run=_expire_command)
+    commands.add_parser("rotate-key", help="retire the token signing key and start a new one (old tokens stay "
+                        "verifiable)").set_defaults(run=_rotate_command)
+
+
+async def _expire_command(args: argparse.Namespace) -> int:
+    from api.commands.core import migrated_engine
+
+    async with migrated_engine() as engine:
+        total = 0
+        while True:
+            async with engine.begin() as conn:
+                run = await voucher_domain.expire_due(conn, actor="cli:vouchers.expire")
+            total += run.vouchers
+            print(f"expired {run.vouchers} vouchers, {run.moved_cents / 100:.2f} moved to breakage")
+            if run.vouchers < voucher_domain.EXPIRY_BATCH_MAX:
+                break
+    return 0
+
+
+async def _rotate_command(args: argparse.Namespace) -> int:
+    from api.commands.core import migrated_engine
+
+    async with migrated_engine() as engine:
+        async with engine.begin() as conn:
+            key = await voucher_domain.rotate_key(conn, actor="cli:vouchers.rotate-key")
+    print(f"voucher tokens are now signed with key {key.key_id}")
+    return 0
+
+
+DEMO_ORDER = 20
+DEMO_EMPLOYER_EMAIL = "rh@menuiserie.demo"
+
+
+async def seed_demo(conn: AsyncConnection, demo: dict) -> str:
+    """A gift programme's rules, a culture programme, an employer with an issued order."""
+    await set_actor(conn, "demo")
+    gift = await programme_domain.update_programme(
+        conn, demo["programmes"]["gift"], actor="demo", face_value_min_cents=1_000, face_value_max_cents=30_000,
+        validity_months=18, categories_excluded=["supermarket", "fuel"], purchase_fee_bp=0,
+        texts={"fr": {"name": "Chèque cadeau Cœur de ville", "description": "Valable dans les commerces indépendants du centre-ville."},
+               "en": {"name": "Town-centre gift voucher", "description": "Valid in the town centre's independent shops."}})
+    culture = await programme_domain.create_programme(
+        conn, issuer_id=demo["issuer_id"], kind="culture", unit="EUR", actor="demo", name="Chèque culture",
+        face_value_min_cents=500, face_value_max_cents=15_000, validity_months=12, purchase_fee_bp=500,
+        categories_allowed=["bookshop", "cinema", "theatre", "music"], second_language="eu",
+        texts={"fr": {"name": "Chèque culture", "description": "Librairies, cinémas, théâtres, disquaires."},
+               "eu": {"name": "Kultura txekea", "description": "Liburu-dendak, zinemak, antzokiak."}})
+    employer = await employer_domain.create_employer(
+        conn, issuer_id=demo["issuer_id"], name="Menuiserie Dubois SARL", siret="73282932000074",
+        address="12 rue des Chais, 16000 Angoulême", actor="demo")
+    user_id = await create_user(conn, email=DEMO_EMPLOYER_EMAIL, password=demo["password"], role="employer",
+                                display_name="Service RH, Menuiserie Dubois", issuer_id=demo["issuer_id"])
+    await employer_domain.attach_user(conn, user_id=user_id, employer_id=employer.id, actor="demo")
+    order = await order_domain.create_order(
+        conn, employer_id=employer.id, programme_id=gift.id, event="christmas", event_label="Noël 2026",
+        message="Joyeux Noël à toute l'équipe !", colour_primary="#7A1F2B", colour_secondary="#E8C170",
+        created_by=user_id, actor="demo")
+    lines = check_lines([(1, "Camille Martin", "camille@menuiserie.demo", 5000), (2, "Louis Bernard", "", 5000),
+                         (3, "Inès Petit", "", 7500)], min_cents=gift.face_value_min_cents, max_cents=gift.face_value_max_cents)
+    await order_domain.replace_lines(conn, order.id, lines, actor="demo")
+    _, fixed = await order_domain.confirm(conn, order.id, actor="demo")
+    await order_domain.record_payment(conn, order.id, amount_cents=fixed.total_cents, reference="VIR DUBOIS NOEL 2026",
+                                      actor="demo")
+    _, vouchers = await order_domain.issue(conn, order.id, actor="demo")
+    demo.setdefault("programmes", {})["culture"] = culture.id
+    demo["employer_ids"] = [employer.id]
+    demo["voucher_codes"] = [format_code(v.code) for v in vouchers]
+    codes = ", ".join(f"{format_code(v.code)} ({v.face_value_cents / 100:.2f} €)" for v in vouchers)
+    return (f"vouchers: employer {employer.name} ({DEMO_EMPLOYER_EMAIL}) order {order.id} issued, codes {codes}; "
+            f"culture programme {culture.id}")
+
+
+ROUTES = [ProgrammesController, OrdersController, VouchersController, voucher_keys, balance_enquiry, voucher_page,
+          voucher_page_qr]
+PUBLIC_PATHS = ["^/\\.well-known/circuit-voucher-keys\\.json$", "^/public/vouchers/balance$", "^/v/"]
+JOBS = [expiry_job]
+COMMANDS = [register]
+ERROR_STATUS = {
+    "invalid_siren": 422, "invalid_siret": 422, "invalid_programme_rules": 422, "not_accepted_here": 422,
+    "employer_exists": 409, "order_lines_refused": 422, "logo_refused": 415, "logo_too_large": 413,
+    "invalid_colour": 422, "invalid_message": 422, "illegal_transition": 409, "payment_mismatch": 422,
+    "order_empty": 409, "order_not_issued": 409, "face_value_out_of_range": 422, "voucher_not_found": 404, "revoked": 409, "expired": 409,
+    "not_extendable": 409, "token_malformed": 422, "unknown_signing_key": 422, "bad_signature": 422,
+    "code_malformed": 422, "code_check_failed": 422,
+}

@@ -1,0 +1,152 @@
+"""Scan and redeem over HTTP: preview, redeem, refund, receipts.
+
+Every write needs an ``Idempotency-Key`` header (the phone makes one per confirmation and
+resends it after a network failure): a repeat returns the first receipt (200 instead of 201)
+and moves nothing. Preview and redeem are rate-limited per device session.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.errors import ApiError
+from api.throttle import hit
+from ledger import redemptions
+from merchant_app_api.receipts import receipt_signing_key
+from merchant_app_api.staff import Staff, provide_staff
+
+SCANS_PER_SESSION_PER_MINUTE = int(os.environ.get("CIRCUIT_SCANS_PER_MINUTE", "120"))
+REFUND_WINDOW_DAYS = int(os.environ.get("CIRCUIT_REFUND_WINDOW_DAYS", str(redemptions.REFUND_WINDOW_DAYS_DEFAULT)))
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(name="Idempotency-Key", required=False, description="Client-chosen id of this write"),
+]
+Token = Annotated[str, msgspec.Meta(max_length=400)]
+Code = Annotated[str, msgspec.Meta(max_length=40)]
+
+
+class ScanIn(msgspec.Struct, forbid_unknown_fields=True):
+    token: Token | None = None
+    code: Code | None = None
+
+
+class RedeemIn(msgspec.Struct, forbid_unknown_fields=True):
+    # Any value is let through here so that a wrong amount (negative, decimal, text) gets the
+    # scheme's own refusal ``amount_invalid`` in both languages, not a generic validation error.
+    amount_cents: Any = None
+    token: Token | None = None
+    code: Code | None = None
+
+
+class RefusalOut(msgspec.Struct):
+    code: str
+    message: str
+    message_fr: str
+    details: dict[str, Any]
+
+
+class PreviewOut(msgspec.Struct):
+    voucher_id: int
+    programme_id: int
+    programme_name: str
+    unit: str
+    balance_cents: int
+    expires_at: datetime
+    partial_redemption: bool
+    code_hint: str
+    accepted: bool
+    refusal: RefusalOut | None
+
+
+class ReceiptOut(msgspec.Struct):
+    receipt: dict[str, Any]
+    signature: str
+    key_id: str
+    algorithm: str = "ed25519"
+
+
+def _require_key(key: str | None) -> str:
+    if not key or len(key) > redemptions.CLIENT_KEY_LENGTH_MAX:
+        raise ApiError(400, "idempotency_key_required",
+                       f"Send an Idempotency-Key header (1 to {redemptions.CLIENT_KEY_LENGTH_MAX} characters) with every write.",
+                       detail_fr="Envoyez un en-tête Idempotency-Key avec chaque écriture.")
+    return key
+
+
+def receipt_response(receipt: redemptions.Receipt) -> Response[ReceiptOut]:
+    return Response(ReceiptOut(receipt.body, receipt.signature, receipt.key_id),
+                    status_code=200 if receipt.replayed else 201)
+
+
+async def _count_scan(engine: AsyncEngine, staff: Staff) -> None:
+    await hit(engine, f"scan:session:{staff.session_id}", limit=SCANS_PER_SESSION_PER_MINUTE, window_s=60)
+
+
+class RedeemController(Controller):
+    path = "/merchant"
+    tags = ["merchant app"]
+    dependencies = {"staff": Provide(provide_staff)}
+
+    @post("/preview", status_code=200)
+    async def preview(self, staff: NamedDependency[Staff], data: JSONBody[ScanIn], db_engine: NamedDependency[AsyncEngine]) -> PreviewOut:
+        """What the scanned voucher is, and whether this shop can take it now (and if not, why)."""
+        await _count_scan(db_engine, staff)
+        async with db_engine.connect() as conn:
+            found = await redemptions.preview(conn, merchant_id=staff.merchant_id, token=data.token, code=data.code)
+        refusal = found.refusal
+        return PreviewOut(
+            found.voucher_id, found.programme_id, found.programme_name, found.unit, found.balance_cents,
+            found.expires_at, found.partial_redemption, found.code_hint, refusal is None,
+            RefusalOut(refusal.code, refusal.message, refusal.message_fr, refusal.details) if refusal else None,
+        )
+
+    @post("/redeem")
+    async def redeem(
+        self, staff: NamedDependency[Staff], data: JSONBody[RedeemIn], db_engine: NamedDependency[AsyncEngine],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[ReceiptOut]:
+        client_key = _require_key(idempotency_key)
+        await _count_scan(db_engine, staff)
+        async with db_engine.begin() as conn:
+            receipt = await redemptions.redeem(
+                conn, receipt_signing_key(), merchant_id=staff.merchant_id, user_id=staff.user_id,
+                amount_cents=data.amount_cents, client_key=client_key, token=data.token, code=data.code,
+                actor=staff.actor,
+            )
+        return receipt_response(receipt)
+
+    @post("/takings/{taking_id:int}/refund")
+    async def refund(
+        self, staff: NamedDependency[Staff], taking_id: FromPath[int], db_engine: NamedDependency[AsyncEngine],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[ReceiptOut]:
+        client_key = _require_key(idempotency_key)
+        async with db_engine.begin() as conn:
+            receipt = await redemptions.refund(
+                conn, receipt_signing_key(), merchant_id=staff.merchant_id, user_id=staff.user_id,
+                is_owner=staff.is_owner, taking_id=taking_id, client_key=client_key, actor=staff.actor,
+                window_days=REFUND_WINDOW_DAYS,
+            )
+        return receipt_response(receipt)
+
+    @get("/takings/{taking_id:int}/receipt")
+    async def receipt(self, staff: NamedDependency[Staff], taking_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> ReceiptOut:
+        async with db_engine.connect() as conn:
+            row = (await conn.execute(
+                text("SELECT receipt, receipt_signature, receipt_key_id FROM merchant_takings "
+                     "WHERE id = :id AND merchant_id = :merchant_id AND receipt IS NOT NULL"),
+                {"id": taking_id, "merchant_id": staff.merchant_id})).one_or_none()
+        if row is None:
+            raise redemptions.TakingNotFound(taking_id=taking_id)
+        found = redemptions.stored_receipt(row)
+        return ReceiptOut(found.body, found.signature, found.key_id)

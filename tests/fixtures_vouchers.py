@@ -1,0 +1,87 @@
+"""Shared fixtures of the vouchers capability, for any capability's tests.
+
+``make_programme(**rules)`` creates an issuer's programme with the given rules (see
+``ledger.programmes.RULE_FIELDS``; kind ``gift`` and unit ``EUR`` unless told);
+``issue_voucher(amount_cents, programme=None, **rules)`` sells one voucher of that amount
+(through the ledger, a real signed token and code) and returns an :class:`IssuedVoucher`.
+
+    async def test_merchant_redeems(issue_voucher):
+        voucher = await issue_voucher(2500, categories_excluded=["supermarket"])
+        voucher.token, voucher.code, voucher.account_id, voucher.programme_id
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.programmes import ProgrammeRules, create_programme, get_rules
+from ledger.scheme import create_issuer
+from ledger.vouchers import VoucherLine, sell_vouchers
+
+TEST_SIREN = "732829320"
+_keys = itertools.count(1)
+
+
+async def audit_events(conn: AsyncConnection, event_type: str) -> list[dict[str, Any]]:
+    """Payloads of the audit events of a type, sealed into the chain or still in the inbox."""
+    rows = (await conn.execute(
+        text(
+            "SELECT convert_from(body, 'UTF8')::jsonb -> 'payload' FROM audit_records WHERE event_type = :t "
+            "UNION ALL SELECT payload FROM audit_inbox WHERE event_type = :t"
+        ),
+        {"t": event_type},
+    )).scalars().all()
+    return list(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedVoucher:
+    id: int
+    token: str
+    code: str
+    account_id: int
+    programme_id: int
+    page_secret: str
+    amount_cents: int
+    expires_at: datetime
+
+
+@pytest_asyncio.fixture(scope="module")
+async def make_programme(engine: AsyncEngine) -> Callable[..., Awaitable[ProgrammeRules]]:
+    async with engine.begin() as conn:
+        issuer_id = await create_issuer(conn, name="Office de commerce (test)", siren=TEST_SIREN)
+
+    async def make(*, kind: str = "gift", unit: str = "EUR", **rules: Any) -> ProgrammeRules:
+        rules.setdefault("name", f"Chèque cadeau test {next(_keys)}")
+        async with engine.begin() as conn:
+            return await create_programme(conn, issuer_id=issuer_id, kind=kind, unit=unit, actor="test", **rules)
+
+    return make
+
+
+@pytest_asyncio.fixture(scope="module")
+async def issue_voucher(engine: AsyncEngine, make_programme) -> Callable[..., Awaitable[IssuedVoucher]]:
+    async def issue(amount_cents: int = 2000, *, programme: ProgrammeRules | int | None = None,
+                    beneficiary_name: str = "Camille Test", **rules: Any) -> IssuedVoucher:
+        if programme is None:
+            programme = await make_programme(**rules)
+        async with engine.begin() as conn:
+            if isinstance(programme, int):
+                programme = await get_rules(conn, programme)
+            (voucher,) = await sell_vouchers(
+                conn, programme=programme, key=f"test-voucher-sale-{programme.id}-{next(_keys)}",
+                lines=[VoucherLine(amount_cents, beneficiary_name)], actor="test",
+            )
+        return IssuedVoucher(voucher.id, voucher.token, voucher.code, voucher.account_id, voucher.programme_id,
+                             voucher.page_secret, amount_cents, voucher.expires_at)
+
+    return issue
+
