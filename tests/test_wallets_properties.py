@@ -1,7 +1,7 @@
 """Property: any sequence of top-ups (online and at a counter), payments (by merchant QR and by
-rotating code), transfers and retries keeps units in circulation equal to the euro reserve,
-no wallet below zero or above its tier's limits, and every refusal is the one a plain model
-predicts."""
+rotating code), transfers, retries, the shop's reconversion requests and the month's settlement
+batch that converts them keeps units in circulation equal to the euro reserve, no wallet below
+zero or above its tier's limits, and every refusal is the one a plain model predicts."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import text
 
+from api.auth import create_user
 from ledger import rotating_codes, topups
 from ledger.accounts import ensure_unit
 from ledger.check import check_ledger
@@ -32,6 +34,10 @@ from ledger.wallets import (
     transfer_between_wallets,
     wallet_secret,
 )
+from settlement import batches
+from settlement.fees import create_rule
+from settlement.periods import PARIS
+from settlement.reconversion import request_reconversion
 
 WALLETS = 3
 HOLD_MAX = 6_000
@@ -43,6 +49,8 @@ amounts = st.integers(min_value=1, max_value=5_000)
 class Model:
     balance: dict[int, int] = field(default_factory=dict)
     received: dict[int, int] = field(default_factory=dict)
+    shop_spendable: int = 0  # the shop's units not yet set aside for reconversion
+    set_aside: int = 0  # asked to be converted, not yet converted by a batch
 
     def can_receive(self, wallet: int, amount: int) -> bool:
         return self.balance[wallet] + amount <= HOLD_MAX and self.received[wallet] + amount <= RECEIVE_MAX
@@ -69,12 +77,25 @@ def wallets_machine(database_url: str):
             async with self.engine.begin() as conn:
                 await ensure_unit(conn, "BUL", "Bulle")
                 await set_tier(conn, Tier("property_tier", HOLD_MAX, RECEIVE_MAX, "small, to meet the limits often"))
-                issuer = await create_issuer(conn, name=f"Property {uuid.uuid4().hex[:6]}")
+                issuer = await create_issuer(conn, name=f"Property {uuid.uuid4().hex[:6]}", siren="732829320")
+                await conn.execute(text(
+                    "UPDATE issuers SET vat_number = 'FR44732829320', address = '1 place de la Mairie, 16000 Angoulême', "
+                    "debtor_iban = 'FR7630004000031234567890143', debtor_bic = 'BNPAFRPP' WHERE id = :id"), {"id": issuer})
                 self.programme = await create_programme(conn, issuer_id=issuer, kind="local_currency",
                                                         name="Bulle", unit="BUL")
                 self.merchant, _ = await create_merchant(conn, issuer_id=issuer, legal_name="Shop SARL",
                                                          trade_name="Shop", units=["BUL"])
-                await conn.execute(text("UPDATE merchants SET is_counter = true WHERE id = :m"), {"m": self.merchant})
+                await conn.execute(text(
+                    "UPDATE merchants SET is_counter = true, iban = 'FR7630006000011234567890189', "
+                    "bic = 'AGRIFRPP', category = 'bookshop' WHERE id = :m"), {"m": self.merchant})
+                await create_rule(conn, issuer_id=issuer, actor="test", rate_bp=0, programme_id=self.programme.id)
+                await create_rule(conn, issuer_id=issuer, actor="test", kind="reconversion", rate_bp=200,
+                                  programme_id=self.programme.id)
+                self.staff = {role: await create_user(conn, email=f"{role}-{uuid.uuid4().hex[:8]}@town.example",
+                                                      password="property-password", role=role, issuer_id=issuer)
+                              for role in ("operator", "approver")}
+                self.issuer = issuer
+                self.settled = False
                 await conn.execute(text("INSERT INTO merchant_programmes (merchant_id, programme_id, status) "
                                         "VALUES (:m, :p, 'approved')"), {"m": self.merchant, "p": self.programme.id})
                 self.wallets = []
@@ -139,6 +160,41 @@ def wallets_machine(database_url: str):
                 return  # this 30-second step's code already paid: refused, nothing moved
             assert self.model.balance[wallet.id] >= amount
             self.model.balance[wallet.id] -= amount
+            self.model.shop_spendable += amount
+
+        @rule(amount=amounts)
+        def shop_asks_reconversion(self, amount: int) -> None:
+            try:
+                self.run(self._write(lambda c: request_reconversion(
+                    c, merchant_id=self.merchant, amount_cents=amount, key=uuid.uuid4().hex, actor="owner")))
+            except InsufficientFunds:
+                assert self.model.shop_spendable < amount
+                return
+            assert self.model.shop_spendable >= amount
+            self.model.shop_spendable -= amount
+            self.model.set_aside += amount
+
+        @precondition(lambda self: not self.settled)
+        @rule()
+        def month_is_settled(self) -> None:
+            """The month's batch, prepared as if the month had ended: reconversions leave circulation."""
+            today = datetime.now(timezone.utc).astimezone(PARIS)
+            month_end = datetime(today.year + today.month // 12, today.month % 12 + 1, 1, tzinfo=PARIS)
+
+            async def settle(conn):
+                circulating = -(await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :a"),
+                                                  {"a": self.programme.float_account_id}))
+                batch = await batches.prepare(conn, issuer_id=self.issuer, period=f"{today:%Y-%m}",
+                                              user_id=self.staff["operator"], now=month_end)
+                await batches.approve(conn, batch_id=batch.id, user_id=self.staff["approver"])
+                await batches.export(conn, batch_id=batch.id, user_id=self.staff["approver"], now=month_end)
+                after = -(await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :a"),
+                                            {"a": self.programme.float_account_id}))
+                return circulating - after
+
+            assert self.run(self._write(settle)) == self.model.set_aside
+            self.model.set_aside = 0
+            self.settled = True
 
         @rule(payer=st.integers(0, WALLETS - 1), payee=st.integers(0, WALLETS - 1), amount=amounts)
         def transfer(self, payer: int, payee: int, amount: int) -> None:
@@ -186,7 +242,7 @@ def wallets_machine(database_url: str):
     return WalletsMachine
 
 
-def test_random_wallet_histories_keep_circulation_equal_to_reserve_and_tiers(database_url):
+def test_random_wallet_histories_with_reconversions_keep_circulation_equal_to_reserve_and_tiers(database_url):
     machine = wallets_machine(database_url)
     machine.TestCase.settings = settings(
         max_examples=25, stateful_step_count=20, deadline=None,

@@ -1,0 +1,232 @@
+"""Payout batches on a real ledger: the golden example, approval by a second person, export,
+late items, carried balances, counter sales, returned transfers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import xmlschema
+from sqlalchemy import text
+
+from ledger.accounts import AccountKind, open_account
+from ledger.check import check_ledger
+from ledger.transfers import Posting, transfer
+from settlement import batches
+from settlement.accounts import settlement_account
+from settlement.errors import BatchInProgress, BatchState, NoFeeRule, NotAllowed, PeriodNotEnded, SameApprover
+from settlement.fees import create_rule, create_waiver
+
+XSD = Path(__file__).parent / "data" / "pain.001.001.09.xsd"
+
+
+def at(month: int, day: int, hour: int = 12) -> datetime:
+    return datetime(2026, month, day, hour, tzinfo=timezone.utc)
+
+
+async def default_rules(scheme) -> None:
+    async with scheme.engine.begin() as conn:
+        for programme, rate in ((scheme.gift, 790), (scheme.culture, 500), (scheme.bulle, 0)):
+            await create_rule(conn, issuer_id=scheme.issuer_id, actor="test", rate_bp=rate, programme_id=programme.id)
+
+
+async def golden_month(scheme, merchant_id: int, month: int = 11) -> None:
+    """1,000.00 € of gift vouchers and 200.00 € of culture vouchers in a month."""
+    for amount, day in ((60_000, 3), (25_000, 14), (15_000, 28)):
+        await scheme.take(merchant_id, scheme.gift, amount, at(month, day))
+    for amount, day in ((12_000, 5), (8_000, 20)):
+        await scheme.take(merchant_id, scheme.culture, amount, at(month, day))
+
+
+async def run(engine, step, **kwargs):
+    async with engine.begin() as conn:
+        return await step(conn, **kwargs)
+
+
+async def test_golden_example_fees_vat_and_payout(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    await golden_month(scheme, merchant_id)
+
+    batch = await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-11", user_id=scheme.operator_id)
+    async with engine.connect() as conn:
+        lines = await batches.batch_lines(conn, batch.id)
+        [payment] = await batches.batch_payments(conn, batch.id)
+    by_programme = {line.programme_id: line for line in lines}
+    gift, culture = by_programme[scheme.gift.id], by_programme[scheme.culture.id]
+    assert (gift.gross_cents, gift.fee_cents, gift.vat_cents, gift.transactions) == (100_000, 7_900, 1_580, 3)
+    assert (culture.gross_cents, culture.fee_cents, culture.vat_cents) == (20_000, 1_000, 200)
+    assert payment.payout_cents == 109_320
+    assert payment.payout_cents + sum(l.fee_cents + l.vat_cents for l in lines) == 120_000
+
+    await run(engine, batches.approve, batch_id=batch.id, user_id=scheme.approver_id)
+    files = await run(engine, batches.export, batch_id=batch.id, user_id=scheme.approver_id)
+    xmlschema.XMLSchema(str(XSD)).validate(files["pain.001"].decode())
+    assert b"<CtrlSum>1093.20</CtrlSum>" in files["pain.001"]
+    assert files["csv"].decode().splitlines()[1].split(",")[8] == "109320"
+
+    async with engine.begin() as conn:
+        fee_income = await settlement_account(conn, owner_type="issuer", owner_id=scheme.issuer_id, purpose="fee_income")
+        vat = await settlement_account(conn, owner_type="issuer", owner_id=scheme.issuer_id, purpose="vat_payable")
+        merchant_eur = await conn.scalar(text("SELECT id FROM accounts WHERE kind = 'merchant' AND owner_id = :m "
+                                              "AND unit = 'EUR'"), {"m": str(merchant_id)})
+        assert (await check_ledger(conn)).ok
+    assert (await scheme.balance(fee_income), await scheme.balance(vat)) == (8_900, 1_780)
+    assert await scheme.balance(merchant_eur) == 0
+    assert await scheme.balance(scheme.gift.reserve_account_id) == 0  # every voucher taken was paid out
+
+    # Exporting again moves nothing and returns the same files.
+    again = await run(engine, batches.export, batch_id=batch.id, user_id=scheme.approver_id)
+    assert again == files
+    assert await scheme.balance(fee_income) == 8_900
+
+
+async def test_golden_example_with_the_fee_waived_by_the_town(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    async with engine.begin() as conn:
+        waiver = await create_waiver(conn, issuer_id=scheme.issuer_id, actor="test", sponsor_name="Ville d'Angoulême",
+                                     merchant_ids=[merchant_id])
+    await golden_month(scheme, merchant_id)
+    batch = await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-11", user_id=scheme.operator_id)
+    async with engine.connect() as conn:
+        lines = await batches.batch_lines(conn, batch.id)
+        [payment] = await batches.batch_payments(conn, batch.id)
+    assert sum(line.fee_cents for line in lines) == 8_900 and sum(line.vat_cents for line in lines) == 1_780
+    assert sum(line.sponsor_cents for line in lines) == 10_680
+    assert payment.payout_cents == 120_000
+    await run(engine, batches.approve, batch_id=batch.id, user_id=scheme.second_operator_id)
+    await run(engine, batches.export, batch_id=batch.id, user_id=scheme.approver_id)
+    assert await scheme.balance(waiver.sponsor_account_id) == -10_680  # the town owes the fee
+    async with engine.connect() as conn:
+        assert (await check_ledger(conn)).ok
+
+
+async def test_same_period_gives_the_same_batch_and_approval_needs_a_second_person(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(10, 10))
+    first = await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-10", user_id=scheme.operator_id)
+    again = await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-10", user_id=scheme.operator_id)
+    assert again.id == first.id
+    with pytest.raises(BatchInProgress):
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-09", user_id=scheme.operator_id)
+    with pytest.raises(SameApprover):
+        await run(engine, batches.approve, batch_id=first.id, user_id=scheme.operator_id)
+    with pytest.raises(BatchState):
+        await run(engine, batches.export, batch_id=first.id, user_id=scheme.approver_id)
+    approved = await run(engine, batches.approve, batch_id=first.id, user_id=scheme.approver_id)
+    assert (approved.status, approved.approved_by) == ("approved", scheme.approver_id)
+    rejected = await run(engine, batches.reject, batch_id=first.id, user_id=scheme.approver_id,
+                         reason="wrong rule for culture")
+    assert (rejected.status, rejected.rejected_reason, rejected.approved_by) == ("draft", "wrong rule for culture", None)
+    await run(engine, batches.approve, batch_id=first.id, user_id=scheme.second_operator_id)
+    same = await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-10", user_id=scheme.operator_id)
+    assert (same.id, same.status) == (first.id, "approved")
+    async with engine.connect() as conn:
+        events = (await conn.execute(text(
+            "SELECT event_type FROM audit_inbox WHERE payload->>'batch_id' = :b ORDER BY id"), {"b": str(first.id)})
+        ).scalars().all()
+    assert events == ["settlement.batch_prepared", "settlement.batch_prepared", "settlement.batch_approved",
+                      "settlement.batch_rejected", "settlement.batch_approved"]
+
+
+async def test_only_back_office_roles_act_and_only_on_ended_periods(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    from api.auth import create_user
+
+    async with engine.begin() as conn:
+        resident = await create_user(conn, email=f"resident-{scheme.issuer_id}@x.test", password="resident-password",
+                                     role="resident")
+    with pytest.raises(NotAllowed):
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-11", user_id=resident)
+    with pytest.raises(NotAllowed):  # an approver approves; preparing is an operator's job
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-11", user_id=scheme.approver_id)
+    with pytest.raises(PeriodNotEnded):
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-12", user_id=scheme.operator_id,
+                  now=at(12, 31))
+
+
+async def test_takings_without_a_fee_rule_are_refused_not_settled_for_free(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 1_000, at(11, 2))
+    with pytest.raises(NoFeeRule):
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-11", user_id=scheme.operator_id)
+
+
+async def _settle(engine, scheme, period: str, now=None):
+    batch = await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period=period, user_id=scheme.operator_id,
+                      now=now)
+    await run(engine, batches.approve, batch_id=batch.id, user_id=scheme.approver_id)
+    await run(engine, batches.export, batch_id=batch.id, user_id=scheme.approver_id, now=now)
+    async with engine.connect() as conn:
+        return batch, {p.merchant_id: p for p in await batches.batch_payments(conn, batch.id)}
+
+
+async def test_late_items_refunds_counter_sales_negative_nets_and_returns_carry_forward(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    shop = await scheme.merchant()
+    counter = await scheme.merchant(name="Comptoir de la Bulle", category="alimentation")
+
+    # September: an ordinary month.
+    sold = await scheme.take(shop, scheme.gift, 10_000, at(9, 10))
+    september, paid = await _settle(engine, scheme, "2026-09")
+    assert paid[shop].payout_cents == 10_000 - 790 - 158
+
+    # A taking back-dated into September, written after September was settled: October takes it.
+    await scheme.take(shop, scheme.gift, 5_000, at(9, 29))
+    # October: the September sale is refunded (covered by October's takings): carried forward.
+    await scheme.take(shop, scheme.gift, 20_000, at(10, 3))
+    await scheme.refund(sold, at(10, 4))
+    # The exchange counter sold 80.00 € of Bulles for cash: it owes them to the reserve.
+    async with engine.begin() as conn:
+        counter_account = await open_account(conn, kind=AccountKind.COUNTER, unit="EUR", owner_type="merchant",
+                                             owner_id=counter)
+        wallet = await open_account(conn, kind=AccountKind.WALLET, unit="BUL", owner_type="test")
+        await transfer(conn, key=f"counter-{counter}", kind="wallet.counter_topup", postings=[
+            Posting(counter_account, -8_000), Posting(scheme.bulle.reserve_account_id, 8_000),
+            Posting(scheme.bulle.float_account_id, -8_000), Posting(wallet, 8_000)])
+    await scheme.take(counter, scheme.gift, 3_000, at(10, 20))
+    october, paid = await _settle(engine, scheme, "2026-10")
+    async with engine.connect() as conn:
+        lines = {(l.merchant_id, l.programme_id): l for l in await batches.batch_lines(conn, october.id)}
+        claimed = await conn.scalar(text("SELECT batch_id FROM settlement_items i JOIN merchant_takings t "
+                                         "ON t.id = i.taking_id WHERE t.effective_at = :e AND t.merchant_id = :m"),
+                                    {"e": at(9, 29), "m": shop})
+    assert claimed == october.id
+    shop_line = lines[(shop, scheme.gift.id)]
+    assert (shop_line.gross_cents, shop_line.refunds_cents) == (25_000, 10_000)
+    assert paid[shop].payout_cents == 15_000 - 1_185 - 237
+    # The counter's takings (30.00 € less fees) do not cover the 80.00 € it owes: nothing paid, carried.
+    counter_net = 3_000 - 237 - 47 - 8_000
+    assert (paid[counter].payout_cents, paid[counter].carried_out_cents) == (0, counter_net)
+    assert await scheme.balance(counter_account) == 0
+
+    # The shop's October transfer comes back (wrong IBAN); November pays it with November's takings.
+    await run(engine, batches.mark_paid, batch_id=october.id, user_id=scheme.approver_id)
+    returned = await run(engine, batches.mark_returned, batch_id=october.id, merchant_id=shop,
+                         user_id=scheme.approver_id, reason="AC01 wrong IBAN")
+    assert returned.status == "returned"
+    with pytest.raises(Exception) as refused:
+        await run(engine, batches.mark_returned, batch_id=october.id, merchant_id=shop, user_id=scheme.approver_id,
+                  reason="again")
+    assert getattr(refused.value, "code", None) == "payment_state"
+    await scheme.take(shop, scheme.culture, 4_000, at(11, 5))
+    await scheme.take(counter, scheme.gift, 10_000, at(11, 6))
+    november, paid = await _settle(engine, scheme, "2026-11")
+    assert paid[shop].carried_in_cents == 15_000 - 1_185 - 237
+    assert paid[shop].payout_cents == 15_000 - 1_185 - 237 + 4_000 - 200 - 40
+    assert paid[counter].carried_in_cents == counter_net
+    assert paid[counter].payout_cents == 10_000 - 790 - 158 + counter_net
+    async with engine.connect() as conn:
+        assert (await check_ledger(conn)).ok
+        events = (await conn.execute(text(
+            "SELECT event_type FROM audit_inbox WHERE event_type = 'settlement.payment_returned' "
+            "AND payload->>'merchant_id' = :m"), {"m": str(shop)})).scalars().all()
+    assert events == ["settlement.payment_returned"]
