@@ -27,7 +27,9 @@ from ledger.accounts import AccountKind
 from ledger.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
 from ledger.rotating_codes import WalletCodeUsed, matching_step, new_secret, parse
 from ledger.scheme import Programme, get_programme
+from ledger.tokens import format_code
 from ledger.transfers import AMOUNT_CENTS_MAX, Posting, TransferResult, transfer
+from ledger.vouchers import voucher_for_code
 
 NAME_LENGTH_MAX = 200
 CAMPAIGN_ROWS_MAX = 20_000
@@ -66,6 +68,12 @@ class NotACounter(DomainError):
     code = "not_a_counter"
     message = "Only an approved exchange counter of this currency can credit wallets against euros."
     message_fr = "Seul un comptoir de change agréé pour cette monnaie peut créditer un porte-monnaie contre des euros."
+
+
+class VoucherInAnotherWallet(DomainError):
+    code = "voucher_in_another_wallet"
+    message = "This voucher was already added to another wallet."
+    message_fr = "Ce bon a déjà été ajouté à un autre porte-monnaie."
 
 
 class CsvInvalid(DomainError):
@@ -856,3 +864,53 @@ async def history(conn: AsyncConnection, wallet_id: int, *, limit: int = 50) -> 
         {"account": wallet.account_id, "limit": min(max(limit, 1), 500)},
     )
     return [HistoryEntry(*row) for row in rows]
+
+
+# --- gift vouchers kept in the wallet ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class GiftVoucher:
+    voucher_id: int
+    code: str
+    programme_name: str
+    unit: str
+    balance_cents: int  # what can still be spent: 0 once expired, revoked or replaced
+    expires_at: datetime
+    status: str
+    token: str  # what the voucher's QR holds, for a shop to scan
+
+
+async def add_gift_voucher(conn: AsyncConnection, *, wallet_id: int, code: str) -> GiftVoucher:
+    """Keep a voucher received as a gift in the wallet page; adding it again changes nothing."""
+    await get_wallet(conn, wallet_id)
+    voucher = await voucher_for_code(conn, code)
+    holder = (
+        await conn.execute(
+            text(
+                "INSERT INTO wallet_vouchers (voucher_id, wallet_id) VALUES (:v, :w) "
+                "ON CONFLICT (voucher_id) DO UPDATE SET voucher_id = excluded.voucher_id RETURNING wallet_id"
+            ),
+            {"v": voucher.id, "w": wallet_id},
+        )
+    ).scalar_one()
+    if holder != wallet_id:
+        raise VoucherInAnotherWallet()
+    return next(g for g in await gift_vouchers(conn, wallet_id) if g.voucher_id == voucher.id)
+
+
+async def gift_vouchers(conn: AsyncConnection, wallet_id: int) -> list[GiftVoucher]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT v.id, v.code, p.name, a.unit,
+                   CASE WHEN v.status = 'active' AND v.expires_at > now()
+                        THEN a.balance_cents - a.pending_debits_cents ELSE 0 END,
+                   v.expires_at, v.status, v.token
+            FROM wallet_vouchers wv JOIN vouchers v ON v.id = wv.voucher_id
+            JOIN programmes p ON p.id = v.programme_id JOIN accounts a ON a.id = v.account_id
+            WHERE wv.wallet_id = :w ORDER BY v.expires_at, v.id
+            """
+        ),
+        {"w": wallet_id},
+    )
+    return [GiftVoucher(row[0], format_code(row[1]), *row[2:]) for row in rows]

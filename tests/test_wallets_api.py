@@ -265,3 +265,20 @@ async def test_the_operator_sets_tier_limits(client, bulle, operator):
     assert tiers["unverified"]["hold_max_cents"] == 15_000 and "verified" in tiers
     resident, _ = await open_resident(client, bulle)
     assert (await client.get("/wallet-admin/tiers", headers=resident)).status_code == 403
+
+
+async def test_a_resident_keeps_a_gift_voucher_in_the_wallet(client, engine, bulle, issue_voucher):
+    headers, _ = await open_resident(client, bulle)
+    other, _ = await open_resident(client, bulle)
+    voucher = await issue_voucher(3_000)
+    added = await client.post("/wallets/me/vouchers", headers=headers, json={"code": voucher.code.lower()})
+    assert added.status_code == 201, added.text
+    assert added.json()["balance_cents"] == 3_000 and added.json()["token"] == voucher.token
+    again = await client.post("/wallets/me/vouchers", headers=headers, json={"code": voucher.code})
+    assert again.status_code == 201
+    taken = await client.post("/wallets/me/vouchers", headers=other, json={"code": voucher.code})
+    assert taken.status_code == 409 and taken.json()["code"] == "voucher_in_another_wallet"
+    listed = (await client.get("/wallets/me/vouchers", headers=headers)).json()
+    assert [v["voucher_id"] for v in listed] == [voucher.id]
+    unknown = await client.post("/wallets/me/vouchers", headers=headers, json={"code": "ZZZZ-ZZZZ-ZZZZ"})
+    assert unknown.status_code in (404, 422) and unknown.json()["code"] != "internal_error"

@@ -73,7 +73,8 @@ def decode_qr(png: bytes) -> str:
     return found[0].text
 
 
-async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(server, engine, bulle, approved_merchant):
+async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(server, engine, bulle, approved_merchant,
+                                                                           issue_voucher):
     from playwright.async_api import async_playwright, expect
 
     shop = await approved_merchant(programme_ids=[bulle.id])
@@ -117,6 +118,15 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
                                          headers={**shop.headers, "Idempotency-Key": f"again-{wallet_id}"},
                                          json={"code": code, "amount_cents": 100})
             assert replayed.json()["code"] == "wallet_code_used"
+
+            # A gift voucher received on paper: added by its code, shown with its balance and its QR.
+            voucher = await issue_voucher(3_000)
+            await page.fill("#voucher-form input[name=code]", voucher.code)
+            await page.click("#voucher-form button[type=submit]")
+            gift = page.locator(f"#vouchers li[data-voucher-id='{voucher.id}']")
+            await expect(gift).to_contain_text("30,00")
+            await gift.locator("button").click()
+            assert decode_qr(await gift.locator("canvas").screenshot()) == voucher.token
 
             await page.click("#lang")
             await expect(page.locator("h1")).to_have_text("My wallet")

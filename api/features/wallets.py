@@ -42,6 +42,7 @@ ERROR_STATUS = {
     "merchant_not_payable": 422,
     "not_a_counter": 403,
     "csv_invalid": 422,
+    "voucher_in_another_wallet": 409,
     "webhook_signature_invalid": 401,
     "webhook_timestamp_stale": 401,
     "webhook_replayed": 409,

@@ -28,6 +28,7 @@ from api.throttle import client_ip, hit
 
 WALLET_TOKEN_TTL = timedelta(days=365)
 OPENINGS_PER_IP_PER_HOUR = 20
+VOUCHER_ADDS_PER_HOUR = 30  # a code is a bearer secret: no guessing them through this door
 WEBHOOK_SECRET_ENV = "CIRCUIT_TOPUP_WEBHOOK_SECRET"
 
 
@@ -126,6 +127,21 @@ class HistoryOut(msgspec.Struct):
     merchant_id: int | None
     merchant_name: str | None
     other_wallet_id: int | None
+
+
+class GiftVoucherIn(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+
+
+class GiftVoucherOut(msgspec.Struct):
+    voucher_id: int
+    code: str
+    programme_name: str
+    unit: str
+    balance_cents: int
+    expires_at: datetime
+    status: str
+    token: str
 
 
 class MerchantCardOut(msgspec.Struct):
@@ -237,6 +253,24 @@ class ResidentWalletController(Controller):
         async with db_engine.connect() as conn:
             entries = await wallets.history(conn, _my_wallet(request.user), limit=limit)
         return [HistoryOut(*(getattr(e, f) for f in HistoryOut.__struct_fields__)) for e in entries]
+
+    @get("/vouchers")
+    async def vouchers(self, request: Request[AuthUser, str, object],
+                       db_engine: NamedDependency[AsyncEngine]) -> list[GiftVoucherOut]:
+        """Gift vouchers kept in this wallet, with what is left and the QR's token."""
+        async with db_engine.connect() as conn:
+            kept = await wallets.gift_vouchers(conn, _my_wallet(request.user))
+        return [GiftVoucherOut(*(getattr(g, f) for f in GiftVoucherOut.__struct_fields__)) for g in kept]
+
+    @post("/vouchers", status_code=201)
+    async def add_voucher(self, data: JSONBody[GiftVoucherIn], request: Request[AuthUser, str, object],
+                          db_engine: NamedDependency[AsyncEngine]) -> GiftVoucherOut:
+        """Add a voucher received as a gift, by its printed code."""
+        await hit(db_engine, f"wallet-voucher:user:{request.user.id}", limit=VOUCHER_ADDS_PER_HOUR, window_s=3600)
+        async with db_engine.begin() as conn:
+            await _acting(conn, request.user)
+            kept = await wallets.add_gift_voucher(conn, wallet_id=_my_wallet(request.user), code=data.code)
+        return GiftVoucherOut(*(getattr(kept, f) for f in GiftVoucherOut.__struct_fields__))
 
     @get("/merchants/{merchant_id:int}")
     async def merchant(

@@ -1,12 +1,13 @@
 """Wallets: residents' contact and tier, tier limits, rotating-code uses, town campaigns,
-online top-up intents and the payment provider's webhook events.
+online top-up intents, the payment provider's webhook events, and gift vouchers kept in a wallet.
 
 wallet_code_uses, wallet_campaigns and topup_events refuse UPDATE, DELETE and TRUNCATE:
 a used code stays used, a campaign stays as it was funded, a provider's event stays seen.
 
 Revision ID: 0006_wallets
 Revises: 0002_audit
-Depends on: 0004_merchants (merchant_takings, is_counter, merchant_programmes are read and written)
+Depends on: 0003_vouchers (wallet_vouchers references vouchers), 0004_merchants (merchant_takings,
+is_counter, merchant_programmes are read and written)
 """
 
 from ledger.database import execute_script
@@ -14,7 +15,7 @@ from ledger.database import execute_script
 revision = "0006_wallets"
 down_revision = "0002_audit"
 branch_labels = None
-depends_on = ("0004_merchants",)
+depends_on = ("0003_vouchers", "0004_merchants")
 
 SCHEMA = r"""
 -- Holding and receiving limits per verification tier, in cents of the programme's unit.
@@ -105,6 +106,15 @@ CREATE TRIGGER topup_events_append_only BEFORE UPDATE OR DELETE ON topup_events
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
 CREATE TRIGGER topup_events_no_truncate BEFORE TRUNCATE ON topup_events
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+
+-- Gift vouchers a resident added to their wallet page (by the code printed or sent to them):
+-- shown with their balance and QR. A voucher sits in one wallet at most.
+CREATE TABLE wallet_vouchers (
+    voucher_id bigint PRIMARY KEY REFERENCES vouchers(id),
+    wallet_id  bigint NOT NULL REFERENCES wallets(id),
+    added_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX wallet_vouchers_wallet ON wallet_vouchers (wallet_id);
 """
 
 

@@ -18,6 +18,8 @@ const TEXT = {
     to_wallet: "Numéro du porte-monnaie", confirm_send: "Envoyer", confirm_topup: "Payer en ligne",
     topup_counter: "Ou passez à un comptoir de change avec ce code.", history: "Historique",
     wallet_number: "Numéro du porte-monnaie", logout: "Se déconnecter", offline: "Hors ligne : solde du dernier passage.",
+    vouchers: "Bons cadeaux", voucher_code: "Code d'un bon reçu", add_voucher: "Ajouter", show_qr: "Afficher le QR",
+    until: (date) => `valable jusqu'au ${date}`, voucher_added: "Bon ajouté.",
     limits: (hold, month) => `Plafond ${hold} · reçu ce mois-ci ${month}`,
     paid: "Paiement effectué.", sent: "Envoi effectué.", pay_to: (name) => `Payer ${name}`,
     topup_waiting: (id) => `Rechargement ${id} en attente du paiement en ligne.`, bad_code: "Ce code de commerce n'est pas reconnu.",
@@ -33,6 +35,8 @@ const TEXT = {
     amount: "Amount", confirm_pay: "Confirm payment", to_wallet: "Wallet number", confirm_send: "Send",
     confirm_topup: "Pay online", topup_counter: "Or visit an exchange counter with this code.", history: "History",
     wallet_number: "Wallet number", logout: "Sign out", offline: "Offline: balance as last seen.",
+    vouchers: "Gift vouchers", voucher_code: "Code of a voucher you received", add_voucher: "Add", show_qr: "Show QR",
+    until: (date) => `valid until ${date}`, voucher_added: "Voucher added.",
     limits: (hold, month) => `Limit ${hold} · received this month ${month}`,
     paid: "Payment made.", sent: "Sent.", pay_to: (name) => `Pay ${name}`,
     topup_waiting: (id) => `Top-up ${id} is waiting for the online payment.`, bad_code: "This shop code is not recognised.",
@@ -115,11 +119,11 @@ async function totp(step) {
   return String(binary % 10 ** code.digits).padStart(code.digits, "0");
 }
 
-function drawQr(text) {
+function drawQr(text, canvas = $("qr")) {
   const qr = qrcode(0, "M");
   qr.addData(text);
   qr.make();
-  const modules = qr.getModuleCount(), quiet = 4, canvas = $("qr");
+  const modules = qr.getModuleCount(), quiet = 4;
   const scale = Math.max(4, Math.floor(640 / (modules + 2 * quiet)));
   canvas.width = canvas.height = (modules + 2 * quiet) * scale;
   const ctx = canvas.getContext("2d");
@@ -154,6 +158,7 @@ function render() {
   $("balance").textContent = money(w.balance_cents, w.unit);
   $("limits").textContent = t("limits", money(w.hold_max_cents, w.unit), money(w.received_month_cents, w.unit));
   $("wallet-number").textContent = w.id;
+  renderVouchers();
   const list = $("history");
   list.replaceChildren(...(state.history || []).map((entry) => {
     const li = document.createElement("li");
@@ -170,12 +175,42 @@ function render() {
   }));
 }
 
+const openVouchers = new Set();  // vouchers whose QR is shown: kept open across refreshes
+function renderVouchers() {
+  $("vouchers").replaceChildren(...(state.vouchers || []).map((voucher) => {
+    const li = document.createElement("li");
+    li.dataset.voucherId = voucher.voucher_id;
+    const line = document.createElement("div");
+    line.className = "voucher-line";
+    const what = document.createElement("span");
+    what.textContent = `${voucher.programme_name} · ${voucher.code} · ${t("until", new Date(voucher.expires_at).toLocaleDateString(lang))}`;
+    const left = document.createElement("strong");
+    left.textContent = money(voucher.balance_cents, voucher.unit === "EUR" ? "€" : voucher.unit);
+    line.append(what, left);
+    const show = document.createElement("button");
+    show.type = "button";
+    show.textContent = t("show_qr");
+    show.addEventListener("click", () => {
+      if (!openVouchers.delete(voucher.voucher_id)) openVouchers.add(voucher.voucher_id);
+      renderVouchers();
+    });
+    li.append(line, show);
+    if (openVouchers.has(voucher.voucher_id)) {
+      const canvas = document.createElement("canvas");
+      li.append(canvas);
+      drawQr(voucher.token, canvas);
+    }
+    return li;
+  }));
+}
+
 async function refresh() {
   if (!state || !state.token) return;
   try {
-    const [me, history] = await Promise.all([api("/wallets/me/"), api("/wallets/me/history")]);
+    const [me, history, vouchers] = await Promise.all([
+      api("/wallets/me/"), api("/wallets/me/history"), api("/wallets/me/vouchers")]);
     if (!state.code || state.code.secret !== me.code.secret) hmacKey = null;
-    Object.assign(state, { wallet: me.wallet, code: me.code, history });
+    Object.assign(state, { wallet: me.wallet, code: me.code, history, vouchers });
     save();
     if ($("status").textContent === t("offline")) say("");
   } catch (error) {
@@ -284,6 +319,13 @@ on("send-form", async (data) => {
   $("send-form").reset();
   $("send-form").hidden = true;
   say(t("sent"));
+  refresh();
+});
+
+on("voucher-form", async (data) => {
+  await api("/wallets/me/vouchers", { method: "POST", body: JSON.stringify({ code: data.get("code") }) });
+  $("voucher-form").reset();
+  say(t("voucher_added"));
   refresh();
 });
 
