@@ -120,6 +120,18 @@ class Payment:
     wallet_id: int | None
     amount_cents: int
     programme_id: int
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class CodePreview:
+    """What a shop may know of a scanned wallet code before taking a payment: that it is
+    valid now and in which currency; not the holder, not the balance."""
+
+    wallet_id: int
+    programme_id: int
+    programme_name: str
+    unit: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,8 +497,9 @@ async def _replayed_payment(conn: AsyncConnection, key: str, *, merchant_id: int
         await conn.execute(
             text(
                 """
-                SELECT k.transfer_id, k.merchant_id, k.wallet_id, k.amount_cents, k.programme_id
-                FROM transfers t JOIN merchant_takings k ON k.transfer_id = t.id WHERE t.key = :key
+                SELECT k.transfer_id, k.merchant_id, k.wallet_id, k.amount_cents, k.programme_id, p.unit
+                FROM transfers t JOIN merchant_takings k ON k.transfer_id = t.id
+                JOIN programmes p ON p.id = k.programme_id WHERE t.key = :key
                 """
             ),
             {"key": key},
@@ -498,7 +511,7 @@ async def _replayed_payment(conn: AsyncConnection, key: str, *, merchant_id: int
         return None
     if row.merchant_id != merchant_id or row.amount_cents != amount_cents:
         raise IdempotencyConflict(key=key, transfer_id=row.transfer_id)
-    return Payment(row.transfer_id, False, row.merchant_id, row.wallet_id, row.amount_cents, row.programme_id)
+    return Payment(row.transfer_id, False, row.merchant_id, row.wallet_id, row.amount_cents, row.programme_id, row.unit)
 
 
 async def pay_merchant(
@@ -526,7 +539,21 @@ async def _pay(conn: AsyncConnection, *, ledger_key: str, wallet: Wallet, mercha
     )
     await _record_taking(conn, merchant_id=merchant_id, programme_id=programme.id, amount_cents=amount_cents,
                          transfer_id=result.transfer_id, wallet_id=wallet.id, user_id=user_id)
-    return Payment(result.transfer_id, True, merchant_id, wallet.id, amount_cents, programme.id)
+    return Payment(result.transfer_id, True, merchant_id, wallet.id, amount_cents, programme.id, programme.unit)
+
+
+async def preview_code(conn: AsyncConnection, *, merchant_id: int, code: str, now: float | None = None) -> CodePreview:
+    """Check a scanned wallet code for this shop without using it (the payment checks again)."""
+    scanned = parse(code)
+    wallet = await get_wallet(conn, scanned.wallet_id)
+    step = matching_step(scanned, await wallet_secret(conn, wallet.id), now=now)
+    used = await conn.scalar(text("SELECT 1 FROM wallet_code_uses WHERE wallet_id = :w AND counter = :c"),
+                             {"w": wallet.id, "c": step})
+    if used:
+        raise WalletCodeUsed(wallet_id=wallet.id)
+    programme = await get_programme(conn, wallet.programme_id)
+    await merchant_account(conn, merchant_id=merchant_id, programme=programme)
+    return CodePreview(wallet.id, programme.id, programme.name, programme.unit)
 
 
 async def take_code_payment(
@@ -582,7 +609,7 @@ async def pay_between_merchants(
     )
     await _record_taking(conn, merchant_id=to_merchant_id, programme_id=programme.id, amount_cents=amount_cents,
                          transfer_id=result.transfer_id, wallet_id=None)
-    return Payment(result.transfer_id, True, to_merchant_id, None, amount_cents, programme.id)
+    return Payment(result.transfer_id, True, to_merchant_id, None, amount_cents, programme.id, programme.unit)
 
 
 async def counter_account(conn: AsyncConnection, merchant_id: int) -> int:

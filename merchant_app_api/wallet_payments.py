@@ -38,6 +38,16 @@ class CodePaymentIn(msgspec.Struct, forbid_unknown_fields=True):
     amount_cents: PositiveCents
 
 
+class CodeIn(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class CodePreviewOut(msgspec.Struct):
+    programme_id: int
+    programme_name: str
+    unit: str
+
+
 class CounterCreditIn(msgspec.Struct, forbid_unknown_fields=True):
     """The wallet, by its number or by the rotating code on the resident's screen."""
 
@@ -66,6 +76,16 @@ class WalletPaymentsController(Controller):
     path = "/merchant/wallet"
     tags = ["wallets", "merchant app"]
     dependencies = {"staff": Provide(provide_staff)}
+
+    @post("/preview", status_code=200)
+    async def preview(self, data: JSONBody[CodeIn], staff: NamedDependency[Staff],
+                      db_engine: NamedDependency[AsyncEngine]) -> CodePreviewOut:
+        """Is this scanned wallet code good here, now, and in which currency (nothing is used)."""
+        staff.check_can_act()
+        await hit(db_engine, f"wallet-code:session:{staff.session_id}", limit=CODE_PAYMENTS_PER_MINUTE, window_s=60)
+        async with db_engine.connect() as conn:
+            found = await wallets.preview_code(conn, merchant_id=staff.merchant_id, code=data.code)
+        return CodePreviewOut(found.programme_id, found.programme_name, found.unit)
 
     @post("/payments")
     async def take_payment(

@@ -60,6 +60,8 @@ async def take(client, shop, code, amount_cents, key=None):
 
 async def test_a_shop_takes_a_payment_from_the_residents_rotating_qr(client, engine, bulle, shop):
     headers, me = await open_resident(client, bulle, 5_000, engine)
+    preview = await client.post("/merchant/wallet/preview", headers=shop.headers, json={"code": current_code(me)})
+    assert preview.json() == {"programme_id": bulle.id, "programme_name": "La Bulle", "unit": "BUL"}
     paid = await take(client, shop, current_code(me), 1_250, key="sale-1")
     assert paid.status_code == 201, paid.text
     assert paid.json()["amount_cents"] == 1_250 and paid.json()["wallet_id"] == me["wallet"]["id"]
@@ -83,6 +85,8 @@ async def test_the_same_code_twice_is_refused_but_a_retry_returns_the_first_paym
     assert retry.json()["transfer_id"] == first.json()["transfer_id"]
     second = await take(client, shop, code, 500)
     assert second.status_code == 409 and second.json()["code"] == "wallet_code_used"
+    previewed = await client.post("/merchant/wallet/preview", headers=shop.headers, json={"code": code})
+    assert previewed.status_code == 409 and previewed.json()["code"] == "wallet_code_used"
     assert second.json()["detail_fr"]
     assert (await client.get("/wallets/me", headers=headers)).json()["wallet"]["balance_cents"] == 4_500
 

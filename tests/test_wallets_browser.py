@@ -1,6 +1,7 @@
 """The wallet page in a real browser (Debian's Chromium) against a real server process: a
 resident opens a wallet, a counter credits it, the QR on screen is read back from a
-screenshot, the shop takes a payment with it over HTTP, and the page shows it in history."""
+screenshot and filmed by the shop app's (fake) camera in a second browser, the cashier types
+the amount, and the resident's page shows the payment in its history."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
 import zxingcpp
 from PIL import Image
 from sqlalchemy import text
 
 from ledger import rotating_codes
+from test_merchants_phone_app import write_y4m
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -73,8 +76,35 @@ def decode_qr(png: bytes) -> str:
     return found[0].text
 
 
+async def shop_takes(playwright, base_url: str, shop, code: str, amount_keys: str, video: Path) -> str:
+    """The cashier's phone (the merchants' shop app) films ``code`` and takes an amount."""
+    from playwright.async_api import expect
+
+    write_y4m(code, video)
+    browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        *CHROMIUM_FLAGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}"])
+    try:
+        page = await (await browser.new_context(viewport={"width": 360, "height": 740}, locale="fr-FR")).new_page()
+        await page.goto(f"{base_url}/shop/")
+        await page.fill("#email", shop.owner_email)
+        await page.fill("#password", shop.owner_password)
+        await page.click("#login-btn")
+        await expect(page.locator("#totp")).to_be_visible()
+        await page.fill("#totp", pyotp.TOTP(shop.totp_secret).now())
+        await page.click("#login-btn")
+        await expect(page.locator("#preview-programme")).to_have_text("La Bulle", timeout=20_000)
+        for key in amount_keys:
+            await page.click(f'#keypad button[data-key="{key}"]')
+        await page.click("#confirm-btn")
+        await expect(page.locator("#result")).to_have_attribute("data-code", "ok")
+        return await page.locator("#result-amount").inner_text()
+    finally:
+        await browser.close()
+
+
 async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(server, engine, bulle, approved_merchant,
-                                                                           issue_voucher):
+                                                                           issue_voucher, tmp_path):
     from playwright.async_api import async_playwright, expect
 
     shop = await approved_merchant(programme_ids=[bulle.id])
@@ -104,10 +134,8 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
 
             code = decode_qr(await page.locator("#qr").screenshot())
             assert code.startswith(f"CW1.{wallet_id}.")
-            paid = await server.post("/merchant/wallet/payments",
-                                     headers={**shop.headers, "Idempotency-Key": f"sale-{wallet_id}"},
-                                     json={"code": code, "amount_cents": 750})
-            assert paid.status_code == 201, paid.text
+            taken = await shop_takes(playwright, str(server.base_url), shop, code, "750", tmp_path / "code.y4m")
+            assert taken.replace("\u202f", " ").replace("\xa0", " ") == "7,50 Bulles"
 
             first = page.locator("#history li").first
             await expect(first).to_contain_text("Librairie du Marché")

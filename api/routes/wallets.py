@@ -103,6 +103,7 @@ class PaymentOut(msgspec.Struct):
     wallet_id: int | None
     amount_cents: int
     programme_id: int
+    unit: str
 
 
 class MovedOut(msgspec.Struct):
@@ -183,7 +184,7 @@ def wallet_out(state: wallets.WalletState) -> WalletOut:
 
 def payment_out(payment: wallets.Payment) -> Response[PaymentOut]:
     body = PaymentOut(payment.transfer_id, payment.merchant_id, payment.wallet_id, payment.amount_cents,
-                      payment.programme_id)
+                      payment.programme_id, payment.unit)
     return Response(body, status_code=201 if payment.created else 200)
 
 
