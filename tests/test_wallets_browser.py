@@ -169,5 +169,11 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             offline_code = decode_qr(await page.locator("#qr").screenshot())
             assert offline_code != code
             assert offline_code == rotating_codes.code_for(wallet_id, secret, step=rotating_codes.step_of(page_now))
+            # Reopened with no network: the service worker's copy of the page still shows the code.
+            await page.reload()
+            await expect(page.locator("#balance")).to_contain_text("12.50")  # in English, as chosen before
+            page_now = await page.evaluate("Date.now() / 1000")
+            reopened = decode_qr(await page.locator("#qr").screenshot())
+            assert reopened == rotating_codes.code_for(wallet_id, secret, step=rotating_codes.step_of(page_now))
         finally:
             await browser.close()

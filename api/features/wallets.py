@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,8 +27,9 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static" / "wallet"
 ROUTES = [
     WalletOpeningController, ResidentWalletController, TopupWebhookController, WalletAdminController,
     WalletPaymentsController,
+    # no-cache: phones revalidate (cheap with ETags), so a new version of the page arrives at once.
     create_static_files_router(path="/wallet", directories=[STATIC_DIR], html_mode=True, name="wallet_page",
-                               include_in_schema=False),
+                               include_in_schema=False, cache_control=CacheControlHeader(no_cache=True)),
 ]
 
 PUBLIC_PATHS = ["^/wallet(/|$)", "^/wallets/open$", "^/webhooks/topups$"]

@@ -343,6 +343,7 @@ $("camera-button").addEventListener("click", () => scanWithCamera().catch((error
 $("logout").addEventListener("click", logout);
 $("lang").addEventListener("click", () => { lang = lang === "fr" ? "en" : "fr"; localStorage.setItem("circuit.lang", lang); translate(); });
 
+if ("serviceWorker" in navigator) navigator.serviceWorker.register("sw.js").catch(() => {});
 translate();
 if (state && state.wallet) { render(); refresh(); } else { $("welcome").hidden = false; }
 setInterval(tick, 1000);
