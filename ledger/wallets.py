@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append as audit_append
-from ledger.accounts import AccountKind
 from ledger.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
 from ledger.rotating_codes import WalletCodeUsed, matching_step, new_secret, parse
 from ledger.scheme import Programme, get_programme

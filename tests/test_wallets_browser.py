@@ -142,6 +142,18 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             await expect(first).to_contain_text("-7,50")
             await expect(page.locator("#balance")).to_contain_text("12,50")
 
+            # The other way round: the resident pays the shop's own QR (pasted here), after
+            # seeing the shop's name and the amount it asks.
+            shop_qr = (await server.get("/merchant/wallet/qr", params={"amount_cents": 300}, headers=shop.headers)).json()
+            await page.click("#scan-button")
+            await page.fill("#merchant-code", shop_qr["payload"])
+            await page.press("#merchant-code", "Tab")
+            await expect(page.locator("#pay-merchant")).to_have_text("Payer Librairie du Marché")
+            await expect(page.locator("#pay-amount")).to_have_value("3.00")
+            await page.click("#pay-form button[type=submit]")
+            await expect(page.locator("#balance")).to_contain_text("9,50")
+            await expect(page.locator("#history li").first).to_contain_text("-3,00")
+
             replayed = await server.post("/merchant/wallet/payments",
                                          headers={**shop.headers, "Idempotency-Key": f"again-{wallet_id}"},
                                          json={"code": code, "amount_cents": 100})
@@ -171,7 +183,7 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             assert offline_code == rotating_codes.code_for(wallet_id, secret, step=rotating_codes.step_of(page_now))
             # Reopened with no network: the service worker's copy of the page still shows the code.
             await page.reload()
-            await expect(page.locator("#balance")).to_contain_text("12.50")  # in English, as chosen before
+            await expect(page.locator("#balance")).to_contain_text("9.50")  # in English, as chosen before
             page_now = await page.evaluate("Date.now() / 1000")
             reopened = decode_qr(await page.locator("#qr").screenshot())
             assert reopened == rotating_codes.code_for(wallet_id, secret, step=rotating_codes.step_of(page_now))
