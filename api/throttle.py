@@ -6,16 +6,20 @@ also count failures and be locked until a time. Each check is one upsert stateme
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
+import structlog
 from litestar import Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.errors import ApiError
+
+log = structlog.get_logger("api")
 
 LOGINS_PER_IP_PER_MINUTE = 120  # a shop, an office behind one address: the per-email lock does the rest
 LOGIN_FAILURES_MAX = 5  # in a row, for one email: then the email is locked
@@ -26,8 +30,9 @@ T = TypeVar("T")
 
 # A counter need not survive a crash: its commit does not wait for the disk (synchronous_commit
 # off for this transaction only), which keeps the check off the payment's critical path.
-_HIT_SQL = text(
-    """
+# HIT_STATEMENT counts one hit on :key in a window of :window_s seconds and returns the count
+# and the seconds left in the window; a caller may wrap it in a CTE to read more in one trip.
+HIT_STATEMENT = """
     INSERT INTO auth_throttle AS t (key, window_start, hits)
     SELECT :key, now(), 1 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
     ON CONFLICT (key) DO UPDATE SET
@@ -36,8 +41,8 @@ _HIT_SQL = text(
         hits = CASE WHEN t.window_start <= now() - make_interval(secs => :window_s)
                     THEN 1 ELSE t.hits + 1 END
     RETURNING hits, extract(epoch FROM t.window_start + make_interval(secs => :window_s) - now()) AS left_s
-    """
-)
+"""
+_HIT_SQL = text(HIT_STATEMENT)
 
 
 def client_ip(request: Request) -> str:
@@ -51,8 +56,13 @@ async def hit(engine: AsyncEngine, key: str, *, limit: int, window_s: int) -> No
         # One statement, its own transaction: no BEGIN and COMMIT round trips around it.
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (await autocommit.execute(_HIT_SQL, {"key": key, "window_s": window_s})).one()
-    if row.hits > limit:
-        retry_after_s = max(1, math.ceil(row.left_s))
+    check_hits(row.hits, row.left_s, limit)
+
+
+def check_hits(hits: int, left_s: float, limit: int) -> None:
+    """Refuse a request past ``limit`` hits in its window."""
+    if hits > limit:
+        retry_after_s = max(1, math.ceil(left_s))
         raise ApiError(429, "rate_limited", f"Too many requests; try again in {retry_after_s} s.",
                        detail_fr=f"Trop de demandes ; réessayez dans {retry_after_s} s.",
                        retry_after_s=retry_after_s)
@@ -117,3 +127,34 @@ async def guarded_login(
         if error.code in _LOGIN_FAILURES:
             await record_failure(engine, key, failures_max=LOGIN_FAILURES_MAX, lock_s=LOGIN_LOCK_SECONDS)
         raise
+
+
+THROTTLE_SWEEP_SECONDS = 3600
+THROTTLE_KEEP_SECONDS = 86_400
+
+
+async def forget_stale(conn: AsyncConnection) -> int:
+    """Drop counters whose window ended a day ago and whose lock (if any) is over: every
+    address or email ever tried would otherwise stay in the table."""
+    result = await conn.execute(
+        text(
+            "DELETE FROM auth_throttle WHERE window_start < now() - make_interval(secs => :keep_s) "
+            "AND (locked_until IS NULL OR locked_until < now())"
+        ),
+        {"keep_s": THROTTLE_KEEP_SECONDS},
+    )
+    return result.rowcount
+
+
+async def sweep_job(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """``forget_stale`` every hour, while the server runs."""
+    while not stop.is_set():
+        try:
+            async with engine.begin() as conn:
+                await forget_stale(conn)
+        except Exception:
+            log.exception("throttle_sweep_failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=THROTTLE_SWEEP_SECONDS)
+        except TimeoutError:
+            pass

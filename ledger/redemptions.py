@@ -152,7 +152,7 @@ async def _public_keys(conn: AsyncConnection, key_id: str) -> dict[str, bytes]:
     return _public_keys_known
 
 
-async def _find(conn: AsyncConnection, *, token: str | None, code: str | None, for_update: bool) -> vouchers.Voucher:
+async def _find(conn: AsyncConnection, *, token: str | None, code: str | None) -> vouchers.Voucher:
     """The voucher of a scanned token or a typed code, or a refusal among the scheme's codes."""
     if bool(token) == bool(code):
         raise UnknownVoucher("Send either the scanned token or the typed code.",
@@ -160,34 +160,42 @@ async def _find(conn: AsyncConnection, *, token: str | None, code: str | None, f
     try:
         if token:
             claims = tokens.verify_token(token, await _public_keys(conn, tokens.read_token(token)[0].key_id))
-            voucher = await vouchers.get_voucher(conn, claims.voucher_id, for_update=for_update)
+            voucher = await vouchers.get_voucher(conn, claims.voucher_id)
             if voucher.programme_id != claims.programme_id:
                 raise vouchers.VoucherNotFound(voucher_id=claims.voucher_id)
             return voucher
-        return await vouchers.voucher_for_code(conn, code or "", for_update=for_update)
+        return await vouchers.voucher_for_code(conn, code or "")
     except (tokens.BadSignature, tokens.UnknownSigningKey) as error:
         raise BadSignature(reason=error.code) from None
     except (tokens.TokenMalformed, tokens.CodeMalformed, tokens.CodeCheckFailed, vouchers.VoucherNotFound) as error:
         raise UnknownVoucher(reason=error.code) from None
 
 
-async def _available(conn: AsyncConnection, account_id: int) -> int:
-    return int(await conn.scalar(
-        text("SELECT balance_cents - pending_debits_cents FROM accounts WHERE id = :id"), {"id": account_id}))
+# Everything a redemption checks besides the voucher and its programme's rules, in one round
+# trip: the shop's status and category, its approval for the programme, its account in the
+# programme's unit, the voucher's available balance, and an earlier taking under this key.
+_REDEEM_CONTEXT_SQL = text(
+    """
+    SELECT m.status, m.category, mp.status AS approval,
+           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = :owner_id
+              AND a.kind = 'merchant' AND a.unit = p.unit ORDER BY a.id LIMIT 1) AS merchant_account_id,
+           (SELECT v.balance_cents - v.pending_debits_cents FROM accounts v WHERE v.id = :voucher_account_id)
+              AS available_cents,
+           r.kind AS replay_kind, r.voucher_id AS replay_voucher_id, r.amount_cents AS replay_amount_cents,
+           r.transfer_id AS replay_transfer_id
+    FROM merchants m
+    JOIN programmes p ON p.id = :programme_id
+    LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
+    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
+    WHERE m.id = :merchant_id
+    """
+)
 
 
-async def _merchant_state(conn: AsyncConnection, merchant_id: int, programme_id: int) -> Any:
-    row = (await conn.execute(
-        text(
-            """
-            SELECT m.status, m.category, mp.status AS approval
-            FROM merchants m LEFT JOIN merchant_programmes mp
-                 ON mp.merchant_id = m.id AND mp.programme_id = :programme_id
-            WHERE m.id = :merchant_id
-            """
-        ),
-        {"merchant_id": merchant_id, "programme_id": programme_id},
-    )).one_or_none()
+async def _context(conn: AsyncConnection, merchant_id: int, voucher: vouchers.Voucher, *, client_key: str | None) -> Any:
+    row = (await conn.execute(_REDEEM_CONTEXT_SQL, {
+        "merchant_id": merchant_id, "owner_id": str(merchant_id), "programme_id": voucher.programme_id,
+        "voucher_account_id": voucher.account_id, "client_key": client_key})).one_or_none()
     if row is None:
         raise merchants.MerchantNotFound(merchant_id=merchant_id)
     return row
@@ -207,12 +215,13 @@ def _check_taking(merchant: Any, programme: ProgrammeRules, merchant_id: int, vo
 async def preview(conn: AsyncConnection, *, merchant_id: int, token: str | None = None, code: str | None = None) -> Preview:
     """What the voucher is; a refusal of a known voucher is returned in ``refusal``, so the
     cashier sees what it is and why not. An unknown or forged voucher is raised."""
-    voucher = await _find(conn, token=token, code=code, for_update=False)
+    voucher = await _find(conn, token=token, code=code)
     programme = await get_rules(conn, voucher.programme_id)
-    balance_cents = await _available(conn, voucher.account_id)
+    context = await _context(conn, merchant_id, voucher, client_key=None)
+    balance_cents = context.available_cents
     refusal = None
     try:
-        _check_taking(await _merchant_state(conn, merchant_id, programme.id), programme, merchant_id, voucher)
+        _check_taking(context, programme, merchant_id, voucher)
         if balance_cents <= 0:
             raise InsufficientBalance(available_cents=balance_cents)
     except DomainError as error:
@@ -329,27 +338,6 @@ async def _receipt_of_transfer(conn: AsyncConnection, transfer_id: int) -> Recei
     return stored_receipt(row)
 
 
-# Everything a redemption checks besides the voucher and its programme's rules, in one round
-# trip: the shop's status and category, its approval for the programme, its account in the
-# programme's unit, the voucher's available balance, and an earlier taking under this key.
-_REDEEM_CONTEXT_SQL = text(
-    """
-    SELECT m.status, m.category, mp.status AS approval,
-           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = :owner_id
-              AND a.kind = 'merchant' AND a.unit = p.unit ORDER BY a.id LIMIT 1) AS merchant_account_id,
-           (SELECT v.balance_cents - v.pending_debits_cents FROM accounts v WHERE v.id = :voucher_account_id)
-              AS available_cents,
-           r.kind AS replay_kind, r.voucher_id AS replay_voucher_id, r.amount_cents AS replay_amount_cents,
-           r.transfer_id AS replay_transfer_id
-    FROM merchants m
-    JOIN programmes p ON p.id = :programme_id
-    LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
-    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
-    WHERE m.id = :merchant_id
-    """
-)
-
-
 async def redeem(
     conn: AsyncConnection, key: SigningKey, *, merchant_id: int, user_id: int, amount_cents: int, client_key: str,
     token: str | None = None, code: str | None = None, actor: str,
@@ -357,10 +345,8 @@ async def redeem(
     """Take ``amount_cents`` from the voucher for this shop; the same ``client_key`` again
     returns the first receipt and moves nothing."""
     _check_client_key(client_key)
-    voucher = await _find(conn, token=token, code=code, for_update=False)
-    context = (await conn.execute(_REDEEM_CONTEXT_SQL, {
-        "merchant_id": merchant_id, "owner_id": str(merchant_id), "programme_id": voucher.programme_id,
-        "voucher_account_id": voucher.account_id, "client_key": client_key})).one()
+    voucher = await _find(conn, token=token, code=code)
+    context = await _context(conn, merchant_id, voucher, client_key=client_key)
     if context.replay_kind is not None:
         if (context.replay_kind, context.replay_voucher_id, context.replay_amount_cents) != ("redeem", voucher.id, amount_cents):
             raise IdempotencyConflict(key=client_key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated
@@ -25,11 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.auth import AuthUser, Role, create_user
 from api.errors import ApiError
+from api.throttle import HIT_STATEMENT, check_hits
 from audit.chain import append
 from ledger import merchants
 
 TOTP_ISSUER = "Circuit"
 STAFF_MAX = 50
+SCANS_PER_SESSION_PER_MINUTE = int(os.environ.get("CIRCUIT_SCANS_PER_MINUTE", "120"))
 
 _MERCHANT_ROLES = (Role.MERCHANT_OWNER.value, Role.MERCHANT_CASHIER.value)
 
@@ -72,15 +75,39 @@ _STAFF_SQL = text(
 )
 
 
-async def _load(request: Request[AuthUser, str, object], engine: AsyncEngine) -> Staff:
+# The same, and one scan counted against the device session's rate limit, in one statement.
+_SCANNING_STAFF_SQL = text(
+    f"""
+    WITH hit AS ({HIT_STATEMENT})
+    SELECT u.id, u.email, u.role, u.merchant_id, m.status, u.totp_secret IS NOT NULL, s.id, hit.hits, hit.left_s
+    FROM users u JOIN merchants m ON m.id = u.merchant_id JOIN sessions s ON s.token_hash = :hash, hit
+    WHERE u.id = :user_id
+    """
+)
+
+
+async def _load(request: Request[AuthUser, str, object], engine: AsyncEngine, *, scan: bool = False) -> Staff:
     user = request.user
     if user.role not in _MERCHANT_ROLES or user.merchant_id is None:
         raise ApiError(403, "forbidden", "This is for a shop's staff.", detail_fr="Réservé au personnel d'un commerce.")
+    params = {"hash": user.session_hash, "user_id": user.id}
     async with engine.connect() as conn:
-        # A single read: no BEGIN and ROLLBACK round trips around it (it runs on every request).
+        # A single statement on every request: no BEGIN and ROLLBACK round trips around it.
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await autocommit.execute(_STAFF_SQL, {"hash": user.session_hash, "user_id": user.id})).one()
-    return Staff(*row)
+        if not scan:
+            return Staff(*(await autocommit.execute(_STAFF_SQL, params)).one())
+        row = (await autocommit.execute(_SCANNING_STAFF_SQL, {
+            **params, "key": f"scan:session:{user.session_hash.hex()[:32]}", "window_s": 60})).one()
+    check_hits(row.hits, row.left_s, SCANS_PER_SESSION_PER_MINUTE)
+    return Staff(*row[:7])
+
+
+def _enrolled(staff: Staff) -> Staff:
+    if staff.is_owner and not staff.totp_enrolled:
+        raise ApiError(403, "totp_setup_required",
+                       "Set up your second factor (authenticator app) before using the shop's account.",
+                       detail_fr="Configurez d'abord votre second facteur (application d'authentification).")
+    return staff
 
 
 async def provide_staff_enrolling(request: Request[AuthUser, str, object], db_engine: NamedDependency[AsyncEngine]) -> Staff:
@@ -90,12 +117,12 @@ async def provide_staff_enrolling(request: Request[AuthUser, str, object], db_en
 
 async def provide_staff(request: Request[AuthUser, str, object], db_engine: NamedDependency[AsyncEngine]) -> Staff:
     """The staff member; an owner without a second factor is sent to enrol one first."""
-    staff = await _load(request, db_engine)
-    if staff.is_owner and not staff.totp_enrolled:
-        raise ApiError(403, "totp_setup_required",
-                       "Set up your second factor (authenticator app) before using the shop's account.",
-                       detail_fr="Configurez d'abord votre second facteur (application d'authentification).")
-    return staff
+    return _enrolled(await _load(request, db_engine))
+
+
+async def provide_scanning_staff(request: Request[AuthUser, str, object], db_engine: NamedDependency[AsyncEngine]) -> Staff:
+    """The staff member, with one scan counted against the device's limit (preview, redeem)."""
+    return _enrolled(await _load(request, db_engine, scan=True))
 
 
 class MeOut(msgspec.Struct):

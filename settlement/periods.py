@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from audit.chain import append
+from ledger.errors import NotFound
 from settlement.errors import InvalidPeriod
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -84,3 +89,20 @@ def period_of(frequency: str, moment: datetime) -> Period:
         return Period("daily", day, day + timedelta(days=1))
     raise InvalidPeriod("frequency is monthly, weekly or daily",
                         message_fr="La fréquence est monthly, weekly ou daily.", frequency=frequency)
+
+
+async def set_frequency(conn: AsyncConnection, *, programme_id: int, frequency: str, actor: str) -> None:
+    """How often a programme's takings are settled. Takings not yet in a batch go to the next
+    batch of the new frequency; those already settled stay where they are."""
+    if frequency not in FREQUENCIES:
+        raise InvalidPeriod("frequency is monthly, weekly or daily",
+                            message_fr="La fréquence est monthly, weekly ou daily.", frequency=frequency)
+    previous = await conn.scalar(
+        text("SELECT settlement_frequency FROM programmes WHERE id = :id FOR UPDATE"), {"id": programme_id})
+    if previous is None:
+        raise NotFound("no programme has this id", message_fr="Aucun programme ne porte ce numéro.",
+                       programme_id=programme_id)
+    await conn.execute(text("UPDATE programmes SET settlement_frequency = :f WHERE id = :id"),
+                       {"f": frequency, "id": programme_id})
+    await append(conn, event_type="settlement.frequency_changed", actor=actor, payload={
+        "programme_id": programme_id, "previous": previous, "frequency": frequency})

@@ -8,7 +8,6 @@ wallets capabilities do (a ledger transfer and its ``merchant_takings`` row, in 
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,8 +25,7 @@ from ledger.transfers import Posting, transfer
 
 PASSWORD = "settlement-test-password"
 ISSUER_IBAN = "FR7630006000011234567890189"
-MERCHANT_IBANS = ("FR7630004000031234567890143", "DE89370400440532013000", "FR1420041010050500013M02606")
-_keys = itertools.count(1)
+MERCHANT_IBAN = "FR7630004000031234567890143"
 
 
 @dataclass
@@ -43,16 +41,16 @@ class SettlementScheme:
     emails: dict[int, str]
 
     async def merchant(self, *, category: str = "librairie", name: str = "Librairie du Marché",
-                       iban: str | None = MERCHANT_IBANS[0], bic: str | None = None) -> int:
+                       iban: str | None = MERCHANT_IBAN, bic: str | None = None) -> int:
         from fixtures_merchants import fresh_siret
 
         async with self.engine.begin() as conn:
             merchant_id = await merchants.apply(conn, application(
                 self.issuer_id, [self.gift.id, self.culture.id, self.bulle.id], legal_name=f"{name} SARL",
-                trade_name=name, category=category, siret=fresh_siret(), iban=MERCHANT_IBANS[0], bic=bic),
+                trade_name=name, category=category, siret=fresh_siret(), iban=MERCHANT_IBAN, bic=bic),
                 actor="test")
             await merchants.approve(conn, merchant_id, [self.gift.id, self.culture.id, self.bulle.id], actor="test")
-            if iban != MERCHANT_IBANS[0]:
+            if iban != MERCHANT_IBAN:
                 await conn.execute(text("UPDATE merchants SET iban = :iban WHERE id = :id"),
                                    {"iban": iban, "id": merchant_id})
         return merchant_id

@@ -245,3 +245,17 @@ async def test_receipt_time_and_key_are_stable(client, approved_merchant, issue_
     at = datetime.fromisoformat(body["receipt"]["at"].replace("Z", "+00:00"))
     assert abs(datetime.now(timezone.utc) - at) < timedelta(minutes=1)
     assert len(base64.urlsafe_b64decode(body["signature"] + "==")) == 64
+
+
+async def test_scans_are_rate_limited_per_device(client, approved_merchant, issue_voucher, merchant_programme, monkeypatch):
+    import merchant_app_api.staff
+
+    shop = await approved_merchant()
+    voucher = await issue_voucher(1000, programme=merchant_programme)
+    monkeypatch.setattr(merchant_app_api.staff, "SCANS_PER_SESSION_PER_MINUTE", 3)
+    answers = [await client.post("/merchant/preview", json={"token": voucher.token}, headers=shop.headers)
+               for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    limited = await _redeem(client, shop, 100, token=voucher.token)
+    assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
+    assert limited.json()["retry_after_s"] >= 1 and limited.json()["detail_fr"]

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-import merchant_app_api.redeem
+import merchant_app_api.staff
 from ledger import redemptions
 from ledger.errors import DomainError
 from merchant_app_api.receipts import receipt_signing_key
@@ -20,7 +20,7 @@ CONCURRENT_REDEMPTIONS = 200
 
 async def test_200_concurrent_redemptions_take_exactly_what_fits(client, engine, approved_merchant, issue_voucher,
                                                                   merchant_programme, monkeypatch):
-    monkeypatch.setattr(merchant_app_api.redeem, "SCANS_PER_SESSION_PER_MINUTE", 10 * CONCURRENT_REDEMPTIONS)
+    monkeypatch.setattr(merchant_app_api.staff, "SCANS_PER_SESSION_PER_MINUTE", 10 * CONCURRENT_REDEMPTIONS)
     shop = await approved_merchant()
     face_cents = 20_000
     voucher = await issue_voucher(face_cents, programme=merchant_programme)

@@ -139,3 +139,15 @@ async def test_logins_from_one_address_are_rate_limited(client, engine, approved
     monkeypatch.setattr(api.throttle, "LOGINS_PER_IP_PER_MINUTE", 3)
     codes = [(await _login(client, shop.owner_email, "wrong password!")).json()["code"] for _ in range(4)]
     assert codes == ["bad_credentials"] * 3 + ["rate_limited"]
+
+
+async def test_stale_counters_are_forgotten_but_running_locks_are_kept(engine):
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO auth_throttle (key, window_start, hits, failures, locked_until) VALUES "
+            "('test:old', now() - interval '2 days', 3, 0, NULL), "
+            "('test:old-locked', now() - interval '2 days', 0, 0, now() + interval '5 minutes'), "
+            "('test:recent', now() - interval '1 hour', 3, 2, NULL)"))
+        assert await api.throttle.forget_stale(conn) >= 1
+        left = set((await conn.execute(text("SELECT key FROM auth_throttle WHERE key LIKE 'test:%'"))).scalars())
+    assert left == {"test:old-locked", "test:recent"}

@@ -15,7 +15,8 @@ from ledger.check import check_ledger
 from ledger.transfers import Posting, transfer
 from settlement import batches
 from settlement.accounts import settlement_account
-from settlement.errors import BatchInProgress, BatchState, NoFeeRule, NotAllowed, PeriodNotEnded, SameApprover
+from settlement.errors import (BankDetailsInvalid, BatchInProgress, BatchState, NoFeeRule, NotAllowed, PeriodNotEnded,
+                               SameApprover)
 from settlement.fees import create_rule, create_waiver
 
 XSD = Path(__file__).parent / "data" / "pain.001.001.09.xsd"
@@ -230,3 +231,60 @@ async def test_late_items_refunds_counter_sales_negative_nets_and_returns_carry_
             "SELECT event_type FROM audit_inbox WHERE event_type = 'settlement.payment_returned' "
             "AND payload->>'merchant_id' = :m"), {"m": str(shop)})).scalars().all()
     assert events == ["settlement.payment_returned"]
+
+
+async def test_a_weekly_programme_is_settled_by_week_and_a_monthly_one_by_month(engine, settlement_scheme, client,
+                                                                              operator):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    refused = await client.put(f"/settlement/programmes/{scheme.culture.id}/frequency", headers=operator,
+                               json={"frequency": "hourly"})
+    assert refused.status_code == 400
+    changed = await client.put(f"/settlement/programmes/{scheme.culture.id}/frequency", headers=operator,
+                               json={"frequency": "weekly"})
+    assert changed.status_code == 200, changed.text
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(11, 3))      # week 45, monthly programme
+    await scheme.take(merchant_id, scheme.culture, 2_000, at(11, 3))    # week 45 (Tue 3 Nov)
+    await scheme.take(merchant_id, scheme.culture, 3_000, at(11, 10))   # week 46
+    week, paid = await _settle(engine, scheme, "2026-W45")
+    async with engine.connect() as conn:
+        lines = await batches.batch_lines(conn, week.id)
+    assert [(l.programme_id, l.gross_cents) for l in lines] == [(scheme.culture.id, 2_000)]
+    assert paid[merchant_id].payout_cents == 2_000 - 100 - 20
+    month, paid = await _settle(engine, scheme, "2026-11")
+    async with engine.connect() as conn:
+        lines = await batches.batch_lines(conn, month.id)
+    assert [(l.programme_id, l.gross_cents) for l in lines] == [(scheme.gift.id, 10_000)]
+    week, _ = await _settle(engine, scheme, "2026-W46")
+    async with engine.connect() as conn:
+        assert [l.gross_cents for l in await batches.batch_lines(conn, week.id)] == [3_000]
+
+
+async def test_settled_records_cannot_be_rewritten(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(8, 10))
+    batch, _ = await _settle(engine, scheme, "2026-08")
+    for statement in ("UPDATE settlement_payments SET payout_cents = payout_cents + 100 WHERE batch_id = :b",
+                      "DELETE FROM settlement_payments WHERE batch_id = :b",
+                      "DELETE FROM settlement_items WHERE batch_id = :b",
+                      "UPDATE settlement_lines SET fee_cents = 0 WHERE batch_id = :b",
+                      "DELETE FROM settlement_files WHERE batch_id = :b"):
+        with pytest.raises(Exception, match="append-only|only the status"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement), {"b": batch.id})
+
+
+async def test_a_shop_to_be_paid_without_a_valid_iban_stops_the_preparation(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant(iban=None)
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(7, 10))
+    with pytest.raises(BankDetailsInvalid) as refused:
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-07", user_id=scheme.operator_id)
+    assert refused.value.details["merchant_ids"] == [merchant_id] and refused.value.message_fr
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM settlement_batches WHERE issuer_id = :i"),
+                                 {"i": scheme.issuer_id}) == 0  # nothing half-written

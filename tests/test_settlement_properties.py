@@ -5,6 +5,7 @@ taking is paid twice or lost."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings
@@ -12,9 +13,11 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from fixtures_settlement import make_settlement_scheme
+from ledger.accounts import AccountKind, open_account
 from ledger.check import check_ledger
 from ledger.database import create_engine
 from ledger.errors import InsufficientFunds
+from ledger.transfers import Posting, transfer
 from settlement import batches
 from settlement.fees import create_rule, create_waiver
 
@@ -26,6 +29,7 @@ event = st.one_of(
               st.integers(1, 40_000), st.integers(1, 28)),
     st.tuples(st.just("refund"), st.integers(0, 10**6), st.integers(1, 28)),
     st.tuples(st.just("late"), st.integers(0, MERCHANTS - 1), st.integers(1, 20_000)),
+    st.tuples(st.just("counter"), st.integers(0, MERCHANTS - 1), st.integers(1, 30_000)),
 )
 month = st.tuples(st.lists(event, max_size=8), st.lists(st.integers(0, MERCHANTS - 1), max_size=2))
 rules = st.fixed_dictionaries({
@@ -33,6 +37,7 @@ rules = st.fixed_dictionaries({
     "culture": st.tuples(st.integers(0, 1_000), st.integers(0, 50), st.integers(0, 600)),
     "max_cents": st.none() | st.integers(600, 5_000),
     "waived": st.booleans(),
+    "own_rate": st.none() | st.integers(0, 1_500),  # a rule for merchant 1 alone, more specific
 })
 
 
@@ -51,10 +56,16 @@ async def scenario(engine, users, plan, months) -> None:
             await create_rule(conn, issuer_id=scheme.issuer_id, actor="p", rate_bp=rate, fixed_cents=fixed,
                               min_cents=minimum, max_cents=plan["max_cents"], programme_id=programmes[name].id)
         await create_rule(conn, issuer_id=scheme.issuer_id, actor="p", rate_bp=0, programme_id=scheme.bulle.id)
+        if plan["own_rate"] is not None:
+            await create_rule(conn, issuer_id=scheme.issuer_id, actor="p", rate_bp=plan["own_rate"],
+                              programme_id=scheme.gift.id, merchant_id=merchants[1])
+        counters = [await open_account(conn, kind=AccountKind.COUNTER, unit="EUR", owner_type="merchant",
+                                       owner_id=merchant_id) for merchant_id in merchants]
         if plan["waived"]:
             await create_waiver(conn, issuer_id=scheme.issuer_id, actor="p", sponsor_name="Ville",
                                 merchant_ids=[merchants[0]])
     takings: list[int] = []
+    counter_sales = [0] * MERCHANTS
     settled_periods: list[str] = []
     for label, (events, returns) in zip(MONTHS, months):
         for item in events:
@@ -68,6 +79,14 @@ async def scenario(engine, users, plan, months) -> None:
                     pass  # the shop's account cannot cover it: a real refund is refused too
                 except Exception as error:  # refunded already (unique refund_of) or a refund itself
                     assert "refund" in str(error) or "check" in str(error).lower(), error
+            elif item[0] == "counter":
+                # The shop sold Bulles for cash at its counter: it owes the reserve (netted by settlement).
+                async with engine.begin() as conn:
+                    wallet = await open_account(conn, kind=AccountKind.WALLET, unit="BUL", owner_type="p")
+                    await transfer(conn, key=f"p-counter-{uuid.uuid4()}", kind="wallet.counter_topup", postings=[
+                        Posting(counters[item[1]], -item[2]), Posting(scheme.bulle.reserve_account_id, item[2]),
+                        Posting(scheme.bulle.float_account_id, -item[2]), Posting(wallet, item[2])])
+                counter_sales[item[1]] += item[2]
             elif item[0] == "late" and settled_periods:
                 # Back-dated into a month already settled: must land in a later batch.
                 takings.append(await scheme.take(merchants[item[1]], scheme.gift, item[2], at(settled_periods[-1], 27)))
@@ -92,7 +111,7 @@ async def scenario(engine, users, plan, months) -> None:
         claimed = await conn.scalar(text("SELECT count(*) FROM settlement_items WHERE taking_id = ANY(:ids)"),
                                     {"ids": takings})
         assert claimed == len(takings)
-        for merchant_id in merchants:
+        for index, merchant_id in enumerate(merchants):
             figures = (await conn.execute(text(
                 """
                 SELECT
@@ -106,13 +125,18 @@ async def scenario(engine, users, plan, months) -> None:
                      FROM settlement_lines WHERE merchant_id = :m) AS due,
                   (SELECT coalesce(sum(payout_cents), 0) FROM settlement_payments
                      WHERE merchant_id = :m AND status <> 'returned') AS paid_out,
+                  (SELECT coalesce(sum(counter_cents), 0) FROM settlement_payments WHERE merchant_id = :m)
+                     AS counter_netted,
+                  (SELECT balance_cents FROM accounts WHERE id = :counter) AS counter_owed,
                   (SELECT a.balance_cents FROM settlement_accounts s JOIN accounts a ON a.id = s.account_id
                      WHERE s.owner_type = 'merchant' AND s.owner_id = :m AND s.purpose = 'payable') AS carried
-                """), {"m": merchant_id, "ms": str(merchant_id)})).one()
+                """), {"m": merchant_id, "ms": str(merchant_id), "counter": counters[index]})).one()
             # Vouchers taken are either still on the shop's account or were collected once.
             assert figures.taken == figures.collected + figures.on_account
-            # What the shop was owed is either paid (and not returned) or carried on its balance.
-            assert figures.due == figures.paid_out + (figures.carried or 0)
+            # Counter sales are netted once: what is not netted yet is still owed on the counter account.
+            assert figures.counter_netted - figures.counter_owed == counter_sales[index]
+            # What the shop was owed, less its counter sales netted, is paid (and not returned) or carried.
+            assert figures.due - figures.counter_netted == figures.paid_out + (figures.carried or 0)
 
 
 def test_money_is_conserved_and_nothing_is_paid_twice_or_lost(database_url):

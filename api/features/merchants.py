@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import create_user
+from api.throttle import sweep_job
 from audit.chain import set_actor
 from ledger import merchants, redemptions
 from merchant_app_api.app_files import shop_app
@@ -21,6 +22,8 @@ from merchant_app_api.takings import TakingsController
 
 ROUTES = [ApplicationController, MerchantReviewController, StaffController, RedeemController, TakingsController,
           receipt_keys, shop_app]
+
+JOBS = [sweep_job]
 
 # The phone web app's files (its data all comes from the API, behind sign-in).
 PUBLIC_PATHS = ["^/shop(/|$)"]

@@ -7,11 +7,11 @@ operators bound to an issuer see only that issuer's batches.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from api.auth import AuthUser, Role, requires
 from api.errors import ApiError
 from settlement import batches, documents
+from ledger.scheme import get_programme
 from settlement.fees import create_rule, create_waiver, list_rules
+from settlement.periods import set_frequency
 from settlement.reconversion import list_reconversions, request_reconversion
 
 Period = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-(\d{2}|W\d{2}|\d{2}-\d{2})$")]
@@ -61,6 +63,10 @@ class PrepareIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
+
+
+class FrequencyIn(msgspec.Struct, forbid_unknown_fields=True):
+    frequency: Literal["monthly", "weekly", "daily"]
 
 
 class ReconversionIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,6 +131,15 @@ class SettlementController(Controller):
             waiver = await create_waiver(conn, actor=request.user.email, **{**_fields(data), "issuer_id": _issuer(
                 request.user, data.issuer_id)})
         return _fields(waiver)
+
+    @put("/programmes/{programme_id:int}/frequency", guards=[requires(Role.OPERATOR)])
+    async def set_frequency(self, request: Request, programme_id: FromPath[int], data: JSONBody[FrequencyIn],
+                            db_engine: NamedDependency[AsyncEngine]) -> dict:
+        async with db_engine.begin() as conn:
+            programme = await get_programme(conn, programme_id)
+            _issuer(request.user, programme.issuer_id)
+            await set_frequency(conn, programme_id=programme_id, frequency=data.frequency, actor=request.user.email)
+        return {"programme_id": programme_id, "frequency": data.frequency}
 
     @post("/batches", guards=[requires(Role.OPERATOR)])
     async def prepare(self, request: Request, data: JSONBody[PrepareIn],

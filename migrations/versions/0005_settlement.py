@@ -180,6 +180,20 @@ CREATE TRIGGER settlement_lines_draft_only BEFORE UPDATE OR DELETE ON settlement
     FOR EACH ROW EXECUTE FUNCTION settlement_draft_only();
 CREATE TRIGGER settlement_payments_no_delete BEFORE DELETE ON settlement_payments
     FOR EACH ROW EXECUTE FUNCTION settlement_draft_only();
+-- A payment's figures and bank details are fixed when prepared; only its status moves on.
+CREATE FUNCTION settlement_payment_figures_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.batch_id, NEW.merchant_id, NEW.creditor_name, NEW.iban, NEW.bic, NEW.carried_in_cents,
+        NEW.counter_cents, NEW.payout_cents, NEW.carried_out_cents, NEW.end_to_end_id)
+       IS DISTINCT FROM
+       (OLD.batch_id, OLD.merchant_id, OLD.creditor_name, OLD.iban, OLD.bic, OLD.carried_in_cents,
+        OLD.counter_cents, OLD.payout_cents, OLD.carried_out_cents, OLD.end_to_end_id) THEN
+        RAISE EXCEPTION 'settlement_payments: only the status of a payment changes' USING ERRCODE = 'CL001';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER settlement_payments_figures_fixed BEFORE UPDATE ON settlement_payments
+    FOR EACH ROW EXECUTE FUNCTION settlement_payment_figures_fixed();
 
 CREATE TABLE settlement_files (
     batch_id   bigint NOT NULL REFERENCES settlement_batches(id),
