@@ -111,8 +111,14 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE merchants SET is_counter = true WHERE id = :m"), {"m": shop.id})
 
+    # The resident's phone camera will film the shop's own QR (asking 3.00).
+    shop_qr = (await server.get("/merchant/wallet/qr", params={"amount_cents": 300}, headers=shop.headers)).json()
+    write_y4m(shop_qr["payload"], tmp_path / "shop-qr.y4m")
+
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            *CHROMIUM_FLAGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={tmp_path / 'shop-qr.y4m'}"])
         try:
             context = await browser.new_context(locale="fr-FR", viewport={"width": 390, "height": 844},
                                                 device_scale_factor=2)
@@ -142,13 +148,12 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             await expect(first).to_contain_text("-7,50")
             await expect(page.locator("#balance")).to_contain_text("12,50")
 
-            # The other way round: the resident pays the shop's own QR (pasted here), after
-            # seeing the shop's name and the amount it asks.
-            shop_qr = (await server.get("/merchant/wallet/qr", params={"amount_cents": 300}, headers=shop.headers)).json()
+            # The other way round: the resident scans the shop's own QR with the camera (jsQR),
+            # sees the shop's name and the amount it asks, and confirms.
             await page.click("#scan-button")
-            await page.fill("#merchant-code", shop_qr["payload"])
-            await page.press("#merchant-code", "Tab")
-            await expect(page.locator("#pay-merchant")).to_have_text("Payer Librairie du Marché")
+            await page.click("#camera-button")
+            await expect(page.locator("#pay-merchant")).to_have_text("Payer Librairie du Marché", timeout=20_000)
+            await expect(page.locator("#merchant-code")).to_have_value(shop_qr["payload"])
             await expect(page.locator("#pay-amount")).to_have_value("3.00")
             await page.click("#pay-form button[type=submit]")
             await expect(page.locator("#balance")).to_contain_text("9,50")
