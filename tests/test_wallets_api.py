@@ -286,3 +286,15 @@ async def test_a_resident_keeps_a_gift_voucher_in_the_wallet(client, engine, bul
     assert [v["voucher_id"] for v in listed] == [voucher.id]
     unknown = await client.post("/wallets/me/vouchers", headers=headers, json={"code": "ZZZZ-ZZZZ-ZZZZ"})
     assert unknown.status_code in (404, 422) and unknown.json()["code"] != "internal_error"
+
+
+async def test_two_tills_scanning_the_same_code_at_once_take_it_once(client, engine, bulle, shop, approved_merchant):
+    import asyncio
+
+    other_shop = await approved_merchant(programme_ids=[bulle.id])
+    headers, me = await open_resident(client, bulle, 5_000, engine)
+    code = current_code(me)
+    first, second = await asyncio.gather(take(client, shop, code, 1_000), take(client, other_shop, code, 1_000))
+    assert sorted([first.status_code, second.status_code]) == [201, 409]
+    assert "wallet_code_used" in (first.text + second.text)
+    assert (await client.get("/wallets/me", headers=headers)).json()["wallet"]["balance_cents"] == 4_000
