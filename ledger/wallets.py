@@ -15,7 +15,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import text
@@ -23,11 +23,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append as audit_append
-from ledger.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
+from ledger.errors import AlreadyReversed, DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound
 from ledger.rotating_codes import WalletCodeUsed, matching_step, new_secret, parse
 from ledger.scheme import Programme, get_programme
 from ledger.tokens import format_code
-from ledger.transfers import AMOUNT_CENTS_MAX, Posting, TransferResult, transfer
+from ledger.redemptions import (
+    REFUND_WINDOW_DAYS_DEFAULT,
+    AlreadyRefunded,
+    RefundExceedsBalance,
+    RefundNotAllowed,
+    TakingNotFound,
+)
+from ledger.takings import paris_day
+from ledger.transfers import AMOUNT_CENTS_MAX, Posting, TransferResult, reverse, transfer
 from ledger.vouchers import voucher_for_code
 
 NAME_LENGTH_MAX = 200
@@ -367,18 +375,21 @@ _GUARD_SQL = text(
     FROM credit c JOIN wallets w ON w.account_id = c.account_id
     JOIN accounts a ON a.id = w.account_id JOIN wallet_tiers t ON t.tier = w.tier
     CROSS JOIN LATERAL ({_RECEIVED_MONTH.format(account='w.account_id')}) r(received)
-    WHERE a.balance_cents + c.amount > t.hold_max_cents OR r.received + c.amount > t.receive_month_max_cents
+    WHERE a.balance_cents + c.amount > t.hold_max_cents
+       OR (:receipt AND r.received + c.amount > t.receive_month_max_cents)
     ORDER BY w.id LIMIT 1
     """
 )
 
 
-async def guard_credits(conn: AsyncConnection, credits: Sequence[Posting]) -> None:
+async def guard_credits(conn: AsyncConnection, credits: Sequence[Posting], *, receipt: bool = True) -> None:
     """Lock the wallets among ``credits`` (account id, positive amount) and refuse, with the
-    limit it would break, any credit past a wallet's tier. Non-wallet accounts are ignored."""
+    limit it would break, any credit past a wallet's tier. Non-wallet accounts are ignored.
+    A refund (``receipt=False``) gives back what was spent: only the holding limit applies."""
     if not credits:
         return
-    params = {"account_ids": [c.account_id for c in credits], "amounts": [c.amount_cents for c in credits]}
+    params = {"account_ids": [c.account_id for c in credits], "amounts": [c.amount_cents for c in credits],
+              "receipt": receipt}
     await conn.execute(_LOCK_SQL, params)
     row = (await conn.execute(_GUARD_SQL, params)).one_or_none()
     if row is None:
@@ -584,6 +595,71 @@ async def take_code_payment(
     if burnt is None:
         raise WalletCodeUsed(wallet_id=wallet.id)
     return payment
+
+
+async def refund_payment(
+    conn: AsyncConnection, *, merchant_id: int, taking_id: int, user_id: int | None, is_owner: bool,
+    window_days: int = REFUND_WINDOW_DAYS_DEFAULT, now: datetime | None = None,
+) -> Payment:
+    """Give a resident's payment back to the wallet, once: the ledger reverses the payment's
+    transfer and the shop gets a ``refund`` taking. The owner may within ``window_days``, a
+    cashier the same Paris day only (as for vouchers). Asking again returns the refund."""
+    original = (
+        await conn.execute(
+            text(
+                """
+                SELECT k.id, k.kind, k.programme_id, k.amount_cents, k.wallet_id, k.transfer_id, k.effective_at,
+                       p.unit, r.transfer_id AS refund_transfer_id
+                FROM merchant_takings k JOIN programmes p ON p.id = k.programme_id
+                LEFT JOIN merchant_takings r ON r.refund_of = k.id
+                WHERE k.id = :id AND k.merchant_id = :merchant_id FOR UPDATE OF k
+                """
+            ),
+            {"id": taking_id, "merchant_id": merchant_id},
+        )
+    ).one_or_none()
+    if original is None:
+        raise TakingNotFound(taking_id=taking_id)
+    if original.kind != "payment" or original.wallet_id is None:
+        raise RefundNotAllowed("Only a resident's wallet payment is refunded here.",
+                               message_fr="Seul le paiement d'un porte-monnaie se rembourse ici.",
+                               reason="not_a_wallet_payment")
+    if original.refund_transfer_id is not None:
+        return Payment(original.refund_transfer_id, False, merchant_id, original.wallet_id, original.amount_cents,
+                       original.programme_id, original.unit)
+    now = now or datetime.now(timezone.utc)
+    if is_owner and now - original.effective_at > timedelta(days=window_days):
+        raise RefundNotAllowed(f"Refunds are possible for {window_days} days after the payment.",
+                               message_fr=f"Le remboursement est possible pendant {window_days} jours après le paiement.",
+                               reason="window_passed", window_days=window_days)
+    if not is_owner and paris_day(original.effective_at) != paris_day(now):
+        raise RefundNotAllowed("A cashier can refund only on the day of the payment; ask the owner.",
+                               message_fr="Un caissier ne rembourse que le jour même ; demandez au responsable.",
+                               reason="cashier_same_day_only")
+    wallet = await get_wallet(conn, original.wallet_id)
+    await guard_credits(conn, [Posting(wallet.account_id, original.amount_cents)], receipt=False)
+    try:
+        result = await reverse(conn, key=f"wallet.refund:{taking_id}", transfer_id=original.transfer_id,
+                               metadata={"merchant_id": merchant_id, "wallet_id": wallet.id, "refund_of": taking_id})
+    except InsufficientFunds:
+        raise RefundExceedsBalance(amount_cents=original.amount_cents) from None
+    except AlreadyReversed:
+        raise AlreadyRefunded() from None
+    await conn.execute(
+        text(
+            """
+            INSERT INTO merchant_takings (merchant_id, programme_id, kind, amount_cents, transfer_id, wallet_id,
+                                          refund_of, effective_at, user_id)
+            SELECT :merchant_id, :programme_id, 'refund', -CAST(:amount AS bigint), t.id, :wallet_id, :refund_of, t.effective_at,
+                   :user_id
+            FROM transfers t WHERE t.id = :transfer_id
+            """
+        ),
+        {"merchant_id": merchant_id, "programme_id": original.programme_id, "amount": original.amount_cents,
+         "transfer_id": result.transfer_id, "wallet_id": wallet.id, "refund_of": taking_id, "user_id": user_id},
+    )
+    return Payment(result.transfer_id, True, merchant_id, wallet.id, original.amount_cents, original.programme_id,
+                   original.unit)
 
 
 async def pay_between_merchants(

@@ -17,7 +17,7 @@ import msgspec
 import qrcode
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import ApiError
@@ -26,6 +26,7 @@ from api.routes.wallets import MovedOut, PaymentOut, payment_out
 from api.throttle import hit
 from audit.chain import set_actor
 from ledger import rotating_codes, wallets
+from merchant_app_api.redeem import REFUND_WINDOW_DAYS
 from merchant_app_api.staff import Staff, provide_staff
 
 MERCHANT_QR_PREFIX = "CM1"
@@ -101,6 +102,21 @@ class WalletPaymentsController(Controller):
             payment = await wallets.take_code_payment(conn, key=key, merchant_id=staff.merchant_id, code=data.code,
                                                       amount_cents=data.amount_cents, user_id=staff.user_id)
         return payment_out(payment)
+
+    @post("/payments/{taking_id:int}/refund")
+    async def refund(
+        self, taking_id: FromPath[int], staff: NamedDependency[Staff], db_engine: NamedDependency[AsyncEngine],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[PaymentOut]:
+        """Give a wallet payment back to the resident (owner within the window, cashier same day)."""
+        _require_key(idempotency_key)
+        staff.check_can_act()
+        async with db_engine.begin() as conn:
+            await set_actor(conn, staff.actor)
+            refund = await wallets.refund_payment(conn, merchant_id=staff.merchant_id, taking_id=taking_id,
+                                                  user_id=staff.user_id, is_owner=staff.is_owner,
+                                                  window_days=REFUND_WINDOW_DAYS)
+        return payment_out(refund)
 
     @post("/counter-credits")
     async def counter_credit(

@@ -298,3 +298,29 @@ async def test_two_tills_scanning_the_same_code_at_once_take_it_once(client, eng
     assert sorted([first.status_code, second.status_code]) == [201, 409]
     assert "wallet_code_used" in (first.text + second.text)
     assert (await client.get("/wallets/me", headers=headers)).json()["wallet"]["balance_cents"] == 4_000
+
+
+async def test_the_shop_refunds_a_wallet_payment_once(client, engine, bulle, shop):
+    headers, me = await open_resident(client, bulle, 5_000, engine)
+    paid = (await take(client, shop, current_code(me), 1_500)).json()
+    async with engine.connect() as conn:
+        taking_id = await conn.scalar(text("SELECT id FROM merchant_takings WHERE transfer_id = :t"),
+                                      {"t": paid["transfer_id"]})
+    url = f"/merchant/wallet/payments/{taking_id}/refund"
+    refunded = await client.post(url, headers={**shop.headers, "Idempotency-Key": "refund-1"})
+    assert refunded.status_code == 201, refunded.text
+    again = await client.post(url, headers={**shop.headers, "Idempotency-Key": "refund-2"})
+    assert again.status_code == 200 and again.json()["transfer_id"] == refunded.json()["transfer_id"]
+    assert (await client.get("/wallets/me", headers=headers)).json()["wallet"]["balance_cents"] == 5_000
+    history = (await client.get("/wallets/me/history", headers=headers)).json()
+    assert (history[0]["kind"], history[0]["amount_cents"], history[0]["merchant_name"]) == (
+        "reversal", 1_500, "Librairie du Marché")
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT kind, amount_cents, refund_of FROM merchant_takings "
+                                        "WHERE merchant_id = :m AND (id = :t OR refund_of = :t) ORDER BY id"),
+                                   {"m": shop.id, "t": taking_id})).all()
+        assert [tuple(r) for r in rows] == [("payment", 1_500, None), ("refund", -1_500, taking_id)]
+        assert (await check_ledger(conn)).ok
+    elsewhere = await client.post(url.replace(str(taking_id), str(taking_id + 10_000)),
+                                  headers={**shop.headers, "Idempotency-Key": "refund-3"})
+    assert elsewhere.status_code == 404 and elsewhere.json()["code"] == "taking_not_found"

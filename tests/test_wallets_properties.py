@@ -1,6 +1,6 @@
 """Property: any sequence of top-ups (online and at a counter), payments (by merchant QR and by
-rotating code), transfers, retries, the shop's reconversion requests and the month's settlement
-batch that converts them keeps units in circulation equal to the euro reserve, no wallet below
+rotating code), the shop's refunds of them, transfers, retries, the shop's reconversion requests
+and the month's settlement batch that converts them keeps units in circulation equal to the euro reserve, no wallet below
 zero or above its tier's limits, and every refusal is the one a plain model predicts."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ledger.accounts import ensure_unit
 from ledger.check import check_ledger
 from ledger.database import create_engine
 from ledger.errors import InsufficientFunds
+from ledger.redemptions import RefundExceedsBalance
 from ledger.scheme import create_issuer, create_merchant, create_programme
 from ledger.wallets import (
     Tier,
@@ -29,10 +30,12 @@ from ledger.wallets import (
     counter_credit,
     open_wallet,
     pay_merchant,
+    refund_payment,
     set_tier,
     take_code_payment,
     transfer_between_wallets,
     wallet_secret,
+    wallet_state,
 )
 from settlement import batches
 from settlement.fees import create_rule
@@ -68,6 +71,8 @@ def wallets_machine(database_url: str):
             self.engine = create_engine(database_url, pool_size=2, max_overflow=0)
             self.model = Model()
             self.done: list[tuple[str, int, int, int]] = []  # key, payer, payee, amount (transfers)
+            self.paid: list[tuple[int, int, int]] = []  # transfer id, wallet id, amount (payments to the shop)
+            self.refunded: set[int] = set()
             self.run(self._open())
 
         def run(self, coroutine):
@@ -152,7 +157,7 @@ def wallets_machine(database_url: str):
                 operation = lambda c: pay_merchant(c, key=uuid.uuid4().hex, wallet_id=wallet.id,
                                                    merchant_id=self.merchant, amount_cents=amount, channel="merchant_qr")
             try:
-                self.run(self._write(operation))
+                payment = self.run(self._write(operation))
             except InsufficientFunds:
                 assert self.model.balance[wallet.id] < amount
                 return
@@ -161,6 +166,35 @@ def wallets_machine(database_url: str):
             assert self.model.balance[wallet.id] >= amount
             self.model.balance[wallet.id] -= amount
             self.model.shop_spendable += amount
+            self.paid.append((payment.transfer_id, wallet.id, amount))
+
+        @precondition(lambda self: self.paid)
+        @rule(data=st.data())
+        def shop_refunds_a_payment(self, data) -> None:
+            transfer_id, wallet_id, amount = data.draw(st.sampled_from(self.paid))
+
+            async def refund(conn):
+                taking = await conn.scalar(text("SELECT id FROM merchant_takings WHERE transfer_id = :t"),
+                                           {"t": transfer_id})
+                return await refund_payment(conn, merchant_id=self.merchant, taking_id=taking, user_id=None,
+                                            is_owner=True)
+
+            try:
+                result = self.run(self._write(refund))
+            except RefundExceedsBalance:
+                assert transfer_id not in self.refunded and self.model.shop_spendable < amount
+                return
+            except WalletLimitExceeded:
+                assert transfer_id not in self.refunded and self.model.balance[wallet_id] + amount > HOLD_MAX
+                return
+            if transfer_id in self.refunded:
+                assert not result.created  # a payment is refunded once; asking again returns that refund
+                return
+            assert result.created and self.model.shop_spendable >= amount
+            assert self.model.balance[wallet_id] + amount <= HOLD_MAX
+            self.refunded.add(transfer_id)
+            self.model.shop_spendable -= amount
+            self.model.balance[wallet_id] += amount  # given back: not a receipt for the monthly limit
 
         @rule(amount=amounts)
         def shop_asks_reconversion(self, amount: int) -> None:
@@ -231,13 +265,14 @@ def wallets_machine(database_url: str):
                     rows = (await conn.execute(text(
                         "SELECT w.id, a.balance_cents FROM wallets w JOIN accounts a ON a.id = w.account_id "
                         "WHERE w.id = ANY(:ids)"), {"ids": [w.id for w in self.wallets]})).all()
-                    return dict(rows), await check_ledger(conn)
+                    received = {w.id: (await wallet_state(conn, w.id)).received_month_cents for w in self.wallets}
+                    return dict(rows), received, await check_ledger(conn)
 
-            balances, report = self.run(read())
+            balances, received, report = self.run(read())
             assert report.ok, report.discrepancies
-            assert balances == self.model.balance
+            assert balances == self.model.balance and received == self.model.received
             assert all(0 <= b <= HOLD_MAX for b in balances.values())
-            assert all(r <= RECEIVE_MAX for r in self.model.received.values())
+            assert all(r <= RECEIVE_MAX for r in received.values())
 
     return WalletsMachine
 

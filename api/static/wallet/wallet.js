@@ -25,7 +25,7 @@ const TEXT = {
     topup_waiting: (id) => `Rechargement ${id} en attente du paiement en ligne.`, bad_code: "Ce code de commerce n'est pas reconnu.",
     kinds: { "wallet.payment": "Paiement", "wallet.transfer": "Virement", issue: "Rechargement en ligne",
              "counter.credit": "Rechargement au comptoir", "wallet.campaign": "Versement de la ville",
-             "town.payments": "Versement de la ville" },
+             "town.payments": "Versement de la ville", reversal: "Remboursement" },
   },
   en: {
     title: "My wallet", open_title: "Open a wallet", name: "Name", email: "Email", phone: "or phone (+44…)",
@@ -41,7 +41,8 @@ const TEXT = {
     paid: "Payment made.", sent: "Sent.", pay_to: (name) => `Pay ${name}`,
     topup_waiting: (id) => `Top-up ${id} is waiting for the online payment.`, bad_code: "This shop code is not recognised.",
     kinds: { "wallet.payment": "Payment", "wallet.transfer": "Transfer", issue: "Online top-up",
-             "counter.credit": "Counter top-up", "wallet.campaign": "Town payment", "town.payments": "Town payment" },
+             "counter.credit": "Counter top-up", "wallet.campaign": "Town payment", "town.payments": "Town payment",
+             reversal: "Refund" },
   },
 };
 
