@@ -1,7 +1,9 @@
 """The wallet page in a real browser (Debian's Chromium) against a real server process: a
 resident opens a wallet, a counter credits it, the QR on screen is read back from a
 screenshot and filmed by the shop app's (fake) camera in a second browser, the cashier types
-the amount, and the resident's page shows the payment in its history."""
+the amount, the resident's page shows the payment in its history, and the shop refunds it; the
+resident then pays the shop's own QR with the page's camera, keeps a gift voucher, and the page
+keeps showing valid codes offline."""
 
 from __future__ import annotations
 
@@ -76,31 +78,26 @@ def decode_qr(png: bytes) -> str:
     return found[0].text
 
 
-async def shop_takes(playwright, base_url: str, shop, code: str, amount_keys: str, video: Path) -> str:
-    """The cashier's phone (the merchants' shop app) films ``code`` and takes an amount."""
+async def shop_app(playwright, base_url: str, shop, video: Path):
+    """The cashier's phone: the merchants' shop app, signed in, its camera filming ``video``."""
     from playwright.async_api import expect
 
-    write_y4m(code, video)
     browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=[
         *CHROMIUM_FLAGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={video}"])
-    try:
-        page = await (await browser.new_context(viewport={"width": 360, "height": 740}, locale="fr-FR")).new_page()
-        await page.goto(f"{base_url}/shop/")
-        await page.fill("#email", shop.owner_email)
-        await page.fill("#password", shop.owner_password)
-        await page.click("#login-btn")
-        await expect(page.locator("#totp")).to_be_visible()
-        await page.fill("#totp", pyotp.TOTP(shop.totp_secret).now())
-        await page.click("#login-btn")
-        await expect(page.locator("#preview-programme")).to_have_text("La Bulle", timeout=20_000)
-        for key in amount_keys:
-            await page.click(f'#keypad button[data-key="{key}"]')
-        await page.click("#confirm-btn")
-        await expect(page.locator("#result")).to_have_attribute("data-code", "ok")
-        return await page.locator("#result-amount").inner_text()
-    finally:
-        await browser.close()
+    page = await (await browser.new_context(viewport={"width": 360, "height": 740}, locale="fr-FR")).new_page()
+    await page.goto(f"{base_url}/shop/")
+    await page.fill("#email", shop.owner_email)
+    await page.fill("#password", shop.owner_password)
+    await page.click("#login-btn")
+    await expect(page.locator("#totp")).to_be_visible()
+    await page.fill("#totp", pyotp.TOTP(shop.totp_secret).now())
+    await page.click("#login-btn")
+    return browser, page
+
+
+def plain(text: str) -> str:
+    return text.replace("\u202f", " ").replace("\xa0", " ")
 
 
 async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(server, engine, bulle, approved_merchant,
@@ -140,13 +137,32 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
 
             code = decode_qr(await page.locator("#qr").screenshot())
             assert code.startswith(f"CW1.{wallet_id}.")
-            taken = await shop_takes(playwright, str(server.base_url), shop, code, "750", tmp_path / "code.y4m")
-            assert taken.replace("\u202f", " ").replace("\xa0", " ") == "7,50 Bulles"
+            # The shop app's camera films it; the cashier types 7.50 and confirms.
+            write_y4m(code, tmp_path / "code.y4m")
+            shop_browser, till = await shop_app(playwright, str(server.base_url), shop, tmp_path / "code.y4m")
+            try:
+                await expect(till.locator("#preview-programme")).to_have_text("La Bulle", timeout=20_000)
+                for key in "750":
+                    await till.click(f'#keypad button[data-key="{key}"]')
+                await till.click("#confirm-btn")
+                await expect(till.locator("#result")).to_have_attribute("data-code", "ok")
+                assert plain(await till.locator("#result-amount").inner_text()) == "7,50 Bulles"
 
-            first = page.locator("#history li").first
-            await expect(first).to_contain_text("Librairie du Marché")
-            await expect(first).to_contain_text("-7,50")
-            await expect(page.locator("#balance")).to_contain_text("12,50")
+                first = page.locator("#history li").first
+                await expect(first).to_contain_text("Librairie du Marché")
+                await expect(first).to_contain_text("-7,50")
+                await expect(page.locator("#balance")).to_contain_text("12,50")
+
+                # The resident changes their mind: the shop refunds it from today's list.
+                await till.click('#tabs button[data-tab="today"]')
+                till.on("dialog", lambda dialog: dialog.accept())
+                await till.locator('button.refund[data-kind="payment"]').first.click()
+                await expect(till.locator("#result")).to_have_attribute("data-code", "ok")
+                assert plain(await till.locator("#result-amount").inner_text()) == "7,50 Bulles"
+                await expect(page.locator("#balance")).to_contain_text("20,00")
+                await expect(page.locator("#history li").first).to_contain_text("+7,50")
+            finally:
+                await shop_browser.close()
 
             # The other way round: the resident scans the shop's own QR with the camera (jsQR),
             # sees the shop's name and the amount it asks, and confirms.
@@ -156,7 +172,7 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             await expect(page.locator("#merchant-code")).to_have_value(shop_qr["payload"])
             await expect(page.locator("#pay-amount")).to_have_value("3.00")
             await page.click("#pay-form button[type=submit]")
-            await expect(page.locator("#balance")).to_contain_text("9,50")
+            await expect(page.locator("#balance")).to_contain_text("17,00")
             await expect(page.locator("#history li").first).to_contain_text("-3,00")
 
             replayed = await server.post("/merchant/wallet/payments",
@@ -188,7 +204,7 @@ async def test_a_resident_pays_a_shop_with_the_qr_shown_by_the_wallet_page(serve
             assert offline_code == rotating_codes.code_for(wallet_id, secret, step=rotating_codes.step_of(page_now))
             # Reopened with no network: the service worker's copy of the page still shows the code.
             await page.reload()
-            await expect(page.locator("#balance")).to_contain_text("9.50")  # in English, as chosen before
+            await expect(page.locator("#balance")).to_contain_text("17.00")  # in English, as chosen before
             page_now = await page.evaluate("Date.now() / 1000")
             reopened = decode_qr(await page.locator("#qr").screenshot())
             assert reopened == rotating_codes.code_for(wallet_id, secret, step=rotating_codes.step_of(page_now))

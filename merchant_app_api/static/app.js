@@ -390,17 +390,22 @@ async function walletScreen(code) {
   });
 }
 
+function walletResult(title, payment) {
+  showTabs("scan");
+  render(`
+    <div class="result ok" id="result" data-code="ok">
+      <div>${title}</div>
+      <div class="big" id="result-amount">${money(payment.amount_cents, payment.unit)}</div>
+    </div>
+    <button id="next-btn" class="primary" type="button">${t("next")}</button>`);
+  $("#next-btn").addEventListener("click", scanScreen);
+}
+
 async function sendWalletPayment(request) {
   render(`<p class="muted">${t("checking")}</p>`);
   try {
     const { data } = await api("POST", "/merchant/wallet/payments", request.body, { "Idempotency-Key": request.key });
-    render(`
-      <div class="result ok" id="result" data-code="ok">
-        <div>${t("taken")}</div>
-        <div class="big" id="result-amount">${money(data.amount_cents, data.unit)}</div>
-      </div>
-      <button id="next-btn" class="primary" type="button">${t("next")}</button>`);
-    $("#next-btn").addEventListener("click", scanScreen);
+    walletResult(t("taken"), data);
   } catch (error) {
     if (!(error instanceof Offline)) return resultScreen({ kind: "no", problem: error.problem, request });
     render(`
@@ -467,7 +472,7 @@ function resultScreen({ kind, receipt, problem, request }) {
 }
 
 function takingRow(item) {
-  const refundable = item.kind === "redeem" && !item.refunded_by;
+  const refundable = (item.kind === "redeem" || (item.kind === "payment" && item.wallet_id)) && !item.refunded_by;
   return `
     <div class="row" data-taking="${item.id}">
       <div class="what">
@@ -476,7 +481,7 @@ function takingRow(item) {
       </div>
       <div>
         <strong class="${item.amount_cents < 0 ? "neg" : ""}">${money(item.amount_cents, item.unit)}</strong>
-        ${refundable ? `<button type="button" class="link refund" style="color:var(--blue);border-color:var(--line)" data-id="${item.id}">${t("refund")}</button>` : ""}
+        ${refundable ? `<button type="button" class="link refund" style="color:var(--blue);border-color:var(--line)" data-id="${item.id}" data-kind="${item.kind}">${t("refund")}</button>` : ""}
       </div>
     </div>`;
 }
@@ -485,6 +490,10 @@ function bindRefunds(root) {
   root.querySelectorAll("button.refund").forEach((button) => button.addEventListener("click", async () => {
     if (!confirm(t("refund_confirm"))) return;
     try {
+      if (button.dataset.kind === "payment") {  // a resident's wallet payment (wallets capability)
+        const { data } = await api("POST", `/merchant/wallet/payments/${button.dataset.id}/refund`, undefined, { "Idempotency-Key": newKey() });
+        return walletResult(t("refund_done"), data);
+      }
       const { data } = await api("POST", `/merchant/takings/${button.dataset.id}/refund`, undefined, { "Idempotency-Key": newKey() });
       resultScreen({ kind: "ok", receipt: data.receipt });
     } catch (error) {
