@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from fpdf import FPDF
 from PIL import Image, UnidentifiedImageError
 
 from ledger.errors import DomainError
@@ -20,6 +21,7 @@ from ledger.errors import DomainError
 LOGO_BYTES_MAX = 512 * 1024
 LOGO_PIXELS_SIDE_MAX = 4_000
 MESSAGE_LENGTH_MAX = 300
+LOGO_PRINT_W_MM, LOGO_PRINT_H_MM = 28.0, 11.0  # the logo's box on a printed voucher
 _COLOUR = re.compile(r"^#?([0-9A-Fa-f]{6})$")
 _SVG_NS = "{http://www.w3.org/2000/svg}"
 _SVG_FORBIDDEN = {"script", "foreignObject", "iframe", "embed", "object", "audio", "video"}
@@ -66,12 +68,30 @@ def check_logo(data: bytes) -> Logo:
     if len(data) > LOGO_BYTES_MAX:
         raise LogoTooLarge(size_bytes=len(data), max_bytes=LOGO_BYTES_MAX)
     if data.startswith(b"\x89PNG\r\n\x1a\n") or data.startswith(b"\xff\xd8\xff"):
-        return Logo(data, _check_bitmap(data))
-    head = data[:1024].lstrip().lower()
-    if head.startswith(b"<?xml") or head.startswith(b"<svg") or head.startswith(b"<!--"):
+        logo = Logo(data, _check_bitmap(data))
+    else:
+        head = data[:1024].lstrip().lower()
+        if not (head.startswith(b"<?xml") or head.startswith(b"<svg") or head.startswith(b"<!--")):
+            raise LogoRefused("The file is not a PNG, JPEG or SVG image.",
+                              message_fr="Le fichier n'est pas une image PNG, JPEG ou SVG.")
         _check_svg(data)
-        return Logo(data, "image/svg+xml")
-    raise LogoRefused("The file is not a PNG, JPEG or SVG image.", message_fr="Le fichier n'est pas une image PNG, JPEG ou SVG.")
+        logo = Logo(data, "image/svg+xml")
+    _check_printable(logo)
+    return logo
+
+
+def _check_printable(logo: Logo) -> None:
+    """Draw the logo once where the vouchers will: a logo accepted today must print tomorrow
+    (an SVG without a size or viewBox, say, cannot be scaled)."""
+    pdf = FPDF()
+    pdf.add_page()
+    try:
+        pdf.image(io.BytesIO(logo.data), x=0, y=0, w=LOGO_PRINT_W_MM, h=LOGO_PRINT_H_MM, keep_aspect_ratio=True)
+        pdf.output()
+    except Exception:  # fpdf2 raises many kinds of errors on drawings it cannot render
+        raise LogoRefused("The image cannot be drawn on a voucher (an SVG needs a width and height or a viewBox).",
+                          message_fr="L'image ne peut pas être imprimée sur un titre (un SVG doit avoir une taille "
+                                     "ou une viewBox).") from None
 
 
 def _check_bitmap(data: bytes) -> str:

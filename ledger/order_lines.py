@@ -23,11 +23,13 @@ NAME_LENGTH_MAX = 200
 EMAIL_LENGTH_MAX = 254
 ERRORS_REPORTED_MAX = 500
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_AMOUNT = re.compile(r"^(\d{1,7})(?:[.,](\d{1,2}))?$")
+_AMOUNT = re.compile(r"^([-+]?)(\d{1,7})(?:[.,](\d{1,2}))?$")
 _HEADERS = {
-    "name": ("name", "nom", "beneficiary", "beneficiaire", "beneficiary_name", "nom_prenom", "salarie", "employee"),
-    "email": ("email", "e_mail", "mail", "courriel", "adresse_email", "adresse_mail"),
-    "amount": ("amount", "montant", "amount_eur", "montant_eur", "valeur", "value"),
+    "name": ("name", "nom", "beneficiary", "beneficiaire", "beneficiary_name", "nom_prenom", "prenom_nom",
+             "nom_et_prenom", "prenom_et_nom", "full_name", "salarie", "employee"),
+    "email": ("email", "e_mail", "mail", "courriel", "adresse_email", "adresse_e_mail", "adresse_mail",
+              "email_address"),
+    "amount": ("amount", "montant", "amount_eur", "montant_eur", "valeur", "value", "montant_du_cheque"),
 }
 
 
@@ -60,18 +62,21 @@ class OrderLinesRefused(DomainError):
 
 
 def _key(header: str) -> str:
-    plain = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode().strip().lower()
-    return re.sub(r"[\s\-]+", "_", plain)
+    """A header as a bare key: "Montant (€)" → "montant", "Adresse e-mail" → "adresse_e_mail"."""
+    plain = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode().lower()
+    plain = re.sub(r"\(.*?\)", "", plain)
+    return re.sub(r"[^a-z0-9]+", "_", plain).strip("_")
 
 
 def parse_amount(raw: str) -> int | None:
-    """Cents from a written amount, or None if it is not one (signs are not amounts)."""
+    """Signed cents from a written amount, or None if it is not one."""
     cleaned = raw.replace("€", "").replace("EUR", "").replace("\u00a0", "").replace("\u202f", "").replace(" ", "").strip()
     match = _AMOUNT.match(cleaned)
     if not match:
         return None
-    euros, cents = match.groups()
-    return int(euros) * 100 + int((cents or "0").ljust(2, "0"))
+    sign, euros, cents = match.groups()
+    value = int(euros) * 100 + int((cents or "0").ljust(2, "0"))
+    return -value if sign == "-" else value
 
 
 def check_lines(

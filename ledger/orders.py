@@ -33,7 +33,7 @@ from ledger.order_lines import LineIn
 from ledger.programmes import ProgrammeRules, get_rules
 from ledger.scheme import RESERVE_UNIT
 from ledger.transfers import Posting, reverse, transfer
-from ledger.vouchers import Voucher, VoucherLine, issue_vouchers, vouchers_of_order
+from ledger.vouchers import Voucher, VoucherLine, issue_vouchers
 
 PARIS = ZoneInfo("Europe/Paris")
 VAT_RATE_BP = 2_000  # 20 % VAT on the scheme's purchase fee
@@ -282,24 +282,25 @@ def _fee(face_value_cents: int, basis_points: int) -> int:
     return (face_value_cents * basis_points + 5_000) // 10_000
 
 
-async def quote(conn: AsyncConnection, order: Order, *, at: datetime | None = None) -> Quote:
-    """What the order costs and what to warn about, from its lines and its programme's fee."""
+async def quote(conn: AsyncConnection, order: Order, *, ceiling: tuple[int, int] | None = None) -> Quote:
+    """What the order costs and what to warn about, from its lines and its programme's fee,
+    against ``ceiling`` (year, cents): by default the one in force this year."""
     programme = await get_rules(conn, order.programme_id)
     lines = await get_lines(conn, order.id)
     face = sum(line.amount_cents for line in lines)
     fee = _fee(face, programme.purchase_fee_bp)
     vat = _fee(fee, VAT_RATE_BP)
-    year, ceiling = await gift_ceiling(conn, (at or datetime.now(timezone.utc)).astimezone(PARIS).year)
+    year, ceiling_cents = ceiling or await gift_ceiling(conn, datetime.now(timezone.utc).astimezone(PARIS).year)
     # The tolerance is per beneficiary per event: two lines for one person add up.
     per_person: dict[tuple[str, str], list[OrderLine]] = {}
     for line in lines:
         per_person.setdefault((line.beneficiary_name.casefold(), (line.beneficiary_email or "").casefold()), []).append(line)
     warnings = tuple(
         CeilingWarning(group[0].beneficiary_name, group[0].beneficiary_email, tuple(line.line_no for line in group),
-                       sum(line.amount_cents for line in group), ceiling)
-        for group in per_person.values() if sum(line.amount_cents for line in group) > ceiling
+                       sum(line.amount_cents for line in group), ceiling_cents)
+        for group in per_person.values() if sum(line.amount_cents for line in group) > ceiling_cents
     )
-    return Quote(len(lines), face, programme.purchase_fee_bp, fee, vat, face + fee + vat, year, ceiling, warnings)
+    return Quote(len(lines), face, programme.purchase_fee_bp, fee, vat, face + fee + vat, year, ceiling_cents, warnings)
 
 
 async def confirm(conn: AsyncConnection, order_id: int, *, actor: str) -> tuple[Order, Quote]:
@@ -326,15 +327,15 @@ async def confirm(conn: AsyncConnection, order_id: int, *, actor: str) -> tuple[
 
 
 async def fixed_quote(conn: AsyncConnection, order: Order) -> Quote:
-    """The quote as fixed at confirmation (warnings recomputed from the unchanged lines)."""
+    """The quote as fixed at confirmation (its warnings recomputed from the lines, which cannot
+    have changed since, against the ceiling fixed with it)."""
     row = (await conn.execute(
         text("SELECT lines_count, face_value_cents, fee_bp, fee_cents, fee_vat_cents, total_cents, ceiling_year, "
              "ceiling_cents FROM voucher_orders WHERE id = :id"), {"id": order.id},
     )).one()
     if row.total_cents is None:
         return await quote(conn, order)
-    live = await quote(conn, order)
-    warnings = tuple(w for w in live.warnings if w.amount_cents > row.ceiling_cents)
+    warnings = (await quote(conn, order, ceiling=(row.ceiling_year, row.ceiling_cents))).warnings
     return Quote(row.lines_count, row.face_value_cents, row.fee_bp, row.fee_cents, row.fee_vat_cents, row.total_cents,
                  row.ceiling_year, row.ceiling_cents, warnings)
 
@@ -434,6 +435,17 @@ async def cancel(conn: AsyncConnection, order_id: int, *, reason: str, actor: st
     return await get_order(conn, order_id)
 
 
+def format_money(amount_cents: int, unit: str, language: str = "fr") -> str:
+    """An amount as a person reads it: "1 234,50 €" in French, "1,234.50 €" in English."""
+    whole, cents = divmod(abs(amount_cents), 100)
+    sign = "-" if amount_cents < 0 else ""
+    if language == "en":
+        number = f"{sign}{whole:,}.{cents:02d}"
+    else:
+        number = f"{sign}{whole:,}".replace(",", "\u202f") + f",{cents:02d}"
+    return f"{number} €" if unit == "EUR" else f"{number} {unit}"
+
+
 def quote_as_dict(fixed: Quote) -> dict[str, Any]:
     return {
         "lines_count": fixed.lines_count, "face_value_cents": fixed.face_value_cents, "fee_bp": fixed.fee_bp,
@@ -442,11 +454,12 @@ def quote_as_dict(fixed: Quote) -> dict[str, Any]:
         "warnings": [
             {"code": "above_urssaf_ceiling", "beneficiary_name": w.beneficiary_name, "line_nos": list(w.line_nos),
              "amount_cents": w.amount_cents, "ceiling_cents": w.ceiling_cents,
-             "message": f"{w.beneficiary_name} receives {w.amount_cents / 100:.2f} € for this event, above the "
-                        f"{w.ceiling_cents / 100:.2f} € URSSAF tolerance: the whole gift becomes subject to social contributions.",
-             "message_fr": f"{w.beneficiary_name} reçoit {w.amount_cents / 100:.2f} € pour cet événement, au-delà de la "
-                           f"tolérance URSSAF de {w.ceiling_cents / 100:.2f} € : la totalité du cadeau devient soumise "
-                           "à cotisations sociales."}
+             "message": f"{w.beneficiary_name} receives {format_money(w.amount_cents, 'EUR', 'en')} for this event, "
+                        f"above the {format_money(w.ceiling_cents, 'EUR', 'en')} URSSAF tolerance: the whole gift becomes "
+                        "subject to social contributions.",
+             "message_fr": f"{w.beneficiary_name} reçoit {format_money(w.amount_cents, 'EUR')} pour cet événement, au-delà "
+                           f"de la tolérance URSSAF de {format_money(w.ceiling_cents, 'EUR')} : la totalité du cadeau "
+                           "devient soumise à cotisations sociales."}
             for w in fixed.warnings
         ],
     }

@@ -25,9 +25,9 @@ from qrcode.constants import ERROR_CORRECT_Q
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.cobranding import Logo, rgb
+from ledger.cobranding import LOGO_PRINT_H_MM, LOGO_PRINT_W_MM, Logo, rgb
 from ledger.errors import NotFound
-from ledger.orders import get_logo, get_order
+from ledger.orders import format_money, get_logo, get_order
 from ledger.programmes import PARIS, ProgrammeRules, get_rules
 from ledger.tokens import format_code
 from ledger.vouchers import Voucher, vouchers_of_order
@@ -91,14 +91,6 @@ DEFAULT_BRANDING = Branding(None, "", "#1F4E79", "#F2C14E", None)
 
 def _words(language: str) -> dict[str, str]:
     return _WORDS.get(language, _WORDS["en"])
-
-
-def money(amount_cents: int, unit: str, language: str = "fr") -> str:
-    whole, cents = divmod(abs(amount_cents), 100)
-    sign = "-" if amount_cents < 0 else ""
-    grouped = f"{whole:,}".replace(",", "\u202f" if language == "fr" else ",")
-    number = f"{sign}{grouped},{cents:02d}" if language != "en" else f"{sign}{grouped}.{cents:02d}"
-    return f"{number} €" if unit == "EUR" else f"{number} {unit}"
 
 
 def last_valid_day(voucher: Voucher, language: str = "en") -> str:
@@ -194,10 +186,6 @@ def _new_pdf(title: str) -> FPDF:
     return pdf
 
 
-def _logo_image(logo: Logo) -> io.BytesIO:
-    return io.BytesIO(logo.data)
-
-
 def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None:
     programme, brand = batch.programme, batch.branding
     second = programme.second_language
@@ -218,7 +206,8 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
     if brand.logo is not None:
         pdf.set_fill_color(255, 255, 255)
         pdf.rect(x + 3, y + 2, 30, 12, style="F")
-        pdf.image(_logo_image(brand.logo), x=x + 4, y=y + 2.5, h=11, keep_aspect_ratio=True, w=28)
+        pdf.image(io.BytesIO(brand.logo.data), x=x + 4, y=y + 2.5, w=LOGO_PRINT_W_MM, h=LOGO_PRINT_H_MM,
+                  keep_aspect_ratio=True)
         text_left = x + 36
     pdf.set_text_color(255, 255, 255)
     pdf.set_font(FONT, "B", 14)
@@ -232,7 +221,7 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
     pdf.set_text_color(20, 20, 20)
     pdf.set_font(FONT, "B", 26)
     pdf.set_xy(x + 4, y + 20)
-    pdf.cell(body_w, 11, money(voucher.face_value_cents, programme.unit))
+    pdf.cell(body_w, 11, format_money(voucher.face_value_cents, programme.unit))
     pdf.set_font(FONT, "", 9.5)
     if voucher.beneficiary_name:
         pdf.set_xy(x + 4, y + 32)
@@ -343,7 +332,7 @@ class OrderNotIssued(NotFound):
 
 
 async def load_order_batch(conn: AsyncConnection, order_id: int) -> Batch:
-    vouchers = await vouchers_of_order(conn, order_id)
+    vouchers = await vouchers_of_order(conn, order_id, current=True)
     if not vouchers:
         raise OrderNotIssued(order_id=order_id)
     return await load_batch(conn, vouchers)
@@ -406,9 +395,11 @@ def voucher_html(page: Page) -> str:
         state = f'<p class="state">{fr["revoked"]} · {other["revoked"]}</p>'
     elif voucher.status == "expired" or voucher.expires_at <= datetime.now(voucher.expires_at.tzinfo):
         state = f'<p class="state">{fr["expired"]} · {other["expired"]}</p>'
+    # A revoked or expired voucher shows no QR: no one should try to pay with it.
+    qr = "" if state else f'<img class="qr" src="{PAGE_BASE_URL}{e(voucher.page_secret)}/qr.png" alt="QR">'
     rows = "".join(
         f"<tr><td>{e(s.at.astimezone(PARIS).strftime('%d/%m/%Y %H:%M'))}</td><td>{e(s.merchant or '')}</td>"
-        f"<td class=\"num\">{e(money(s.amount_cents, programme.unit))}</td></tr>"
+        f"<td class=\"num\">{e(format_money(s.amount_cents, programme.unit))}</td></tr>"
         for s in page.history
     ) or f'<tr><td colspan="3">{fr["none"]} · {e(other["none"])}</td></tr>'
     message = f'<p class="message">{e(brand.message)}</p>' if brand.message else ""
@@ -439,9 +430,9 @@ def voucher_html(page: Page) -> str:
 <section>
  {state}
  <p class="small">{fr['balance']} · {e(other['balance'])}</p>
- <p class="balance" id="balance">{e(money(page.balance_cents, programme.unit))}</p>
+ <p class="balance" id="balance">{e(format_money(page.balance_cents, programme.unit))}</p>
  <p><strong>{fr['valid_until']} {last_valid_day(voucher, 'fr')}</strong> · {e(other['valid_until'])} {last_valid_day(voucher, second)}</p>
- <img class="qr" src="{PAGE_BASE_URL}{e(voucher.page_secret)}/qr.png" alt="QR">
+ {qr}
  <p class="code" id="code">{e(format_code(voucher.code))}</p>
  {message}{offered}
  <p class="small">{fr['accepted']} : {e(acceptance_text(programme, 'fr'))}<br>{e(other['accepted'])}: {e(acceptance_text(programme, second))}</p>

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.chain import append
-from ledger.errors import DomainError, InvalidInput, NotFound
+from ledger.errors import DomainError, InvalidInput
 from ledger.programmes import ProgrammeRules, breakage_account, get_rules
 from ledger.tokens import (
     VoucherKey,
@@ -308,9 +308,12 @@ async def get_voucher(conn: AsyncConnection, voucher_id: int, *, for_update: boo
     return _voucher(row)
 
 
-async def vouchers_of_order(conn: AsyncConnection, order_id: int) -> list[Voucher]:
+async def vouchers_of_order(conn: AsyncConnection, order_id: int, *, current: bool = False) -> list[Voucher]:
+    """Every voucher an order produced, reissues included; with ``current``, only those a
+    holder can still use or look at (a revoked one gives way to its replacement)."""
     rows = (await conn.execute(
-        text(f"SELECT {_COLUMNS} FROM vouchers WHERE order_id = :id AND reissue_of IS NULL ORDER BY id"),
+        text(f"SELECT {_COLUMNS} FROM vouchers WHERE order_id = :id"
+             + (" AND status <> 'revoked'" if current else "") + " ORDER BY id"),
         {"id": order_id},
     )).all()
     return [_voucher(row) for row in rows]

@@ -30,6 +30,14 @@ TEST_SIREN = "732829320"
 _keys = itertools.count(1)
 
 
+def valid_siret(number: int) -> str:
+    """A valid SIRET (an establishment of the test SIREN), different for each ``number`` < 10,000."""
+    from stdnum import luhn
+
+    base = f"{TEST_SIREN}{number:04d}"
+    return base + luhn.calc_check_digit(base)
+
+
 async def audit_events(conn: AsyncConnection, event_type: str) -> list[dict[str, Any]]:
     """Payloads of the audit events of a type, sealed into the chain or still in the inbox."""
     rows = (await conn.execute(

@@ -205,3 +205,24 @@ async def test_programme_changes_are_checked_and_audited(engine, make_programme)
     with pytest.raises(InvalidProgrammeRules):
         async with engine.begin() as conn:
             await update_programme(conn, programme.id, actor="operator:1", face_value_min_cents=900_000)
+
+
+async def test_the_urssaf_ceiling_counts_per_beneficiary_and_uses_the_latest_known_year(engine, make_programme):
+    from ledger.employers import create_employer
+    from ledger.order_lines import LineIn
+    from ledger.orders import create_order, gift_ceiling, quote, replace_lines
+
+    programme = await make_programme(face_value_max_cents=30_000)
+    async with engine.begin() as conn:
+        employer = await create_employer(conn, issuer_id=programme.issuer_id, name="Atelier", siret="73282932000074",
+                                         actor="test")
+        order = await create_order(conn, employer_id=employer.id, programme_id=programme.id, event="christmas",
+                                   actor="test")
+        await replace_lines(conn, order.id, [LineIn("Ada Lovelace", "ada@example.org", 12_000),
+                                             LineIn("Bob", None, 20_000),
+                                             LineIn("ada lovelace", "ADA@example.org", 10_000)], actor="test")
+        found = await quote(conn, order)
+        assert await gift_ceiling(conn, 2031) == (2026, 20_000)
+        assert await gift_ceiling(conn, 2025) == (2025, 19_600)
+    (warning,) = found.warnings
+    assert (warning.line_nos, warning.amount_cents, warning.ceiling_cents) == ((1, 3), 22_000, 20_000)

@@ -4,6 +4,7 @@ extension, expiry into breakage, and the operator's statistics."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, timedelta
 
 import pytest
@@ -94,6 +95,9 @@ async def test_a_lost_voucher_is_revoked_over_http_and_its_old_token_refused(cli
     assert refused.value.code == "revoked"
     enquiry = await client.post("/public/vouchers/balance", json={"code": issued.code})
     assert enquiry.json()["status"] == "revoked" and enquiry.json()["balance_cents"] == 0
+    old_page = (await client.get(f"/v/{issued.page_secret}")).text
+    assert "Révoqué" in old_page and 'class="qr"' not in old_page
+    assert 'class="qr"' in (await client.get(replacement["page_path"])).text
     again = await client.post(f"/vouchers/{issued.id}/revoke", headers=operator, json={"reason": "twice"})
     assert again.status_code == 409 and again.json()["code"] == "revoked"
 
@@ -147,3 +151,109 @@ async def test_the_expiry_endpoint_moves_balances_to_breakage(client, operator, 
                                      {"id": programme.breakage_account_id})
         events = [e for e in await audit_events(conn, "vouchers.expired") if lapsed.id in e["voucher_ids"]]
     assert breakage == 700 and len(events) == 1
+
+
+async def test_circuit_vouchers_expire_moves_what_is_left(database_url, engine, make_programme, issue_voucher):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    programme = await make_programme()
+    lapsed = await issue_voucher(1100, programme=programme)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE vouchers SET expires_at = now() - interval '1 hour' WHERE id = :id"),
+                           {"id": lapsed.id})
+    root = Path(__file__).resolve().parent.parent
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "api.cli", "vouchers", "expire"], cwd=root, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("expired ") and "moved to breakage" in result.stdout
+    async with engine.connect() as conn:
+        status = await conn.scalar(text("SELECT status FROM vouchers WHERE id = :id"), {"id": lapsed.id})
+        breakage = await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :id"),
+                                     {"id": programme.breakage_account_id})
+    assert status == "expired" and breakage == 1100
+
+
+async def test_the_serve_job_expires_vouchers_until_stopped(engine, make_programme, issue_voucher):
+    programme = await make_programme()
+    lapsed = await issue_voucher(900, programme=programme)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE vouchers SET expires_at = now() - interval '1 hour' WHERE id = :id"),
+                           {"id": lapsed.id})
+    stop = asyncio.Event()
+    job = asyncio.create_task(feature.expiry_job(engine, stop))
+    for _ in range(100):
+        async with engine.connect() as conn:
+            if await conn.scalar(text("SELECT status FROM vouchers WHERE id = :id"), {"id": lapsed.id}) == "expired":
+                break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(job, timeout=5)
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT status FROM vouchers WHERE id = :id"), {"id": lapsed.id}) == "expired"
+
+
+async def test_a_rotated_key_signs_new_tokens_and_old_ones_still_verify(client, operator, issue_voucher):
+    before = await issue_voucher(1000)
+    rotated = await client.post("/vouchers/keys/rotate", headers=operator)
+    assert rotated.status_code == 200
+    after = await issue_voucher(1000)
+    key_set = (await client.get("/.well-known/circuit-voucher-keys.json")).json()["keys"]
+    keys = _keys({"keys": key_set})
+    old, new = verify_token(before.token, keys), verify_token(after.token, keys)
+    assert new.key_id == rotated.json()["active_key_id"] != old.key_id
+    assert [k["retired_at"] is None for k in key_set].count(True) == 1
+
+
+async def test_concurrent_spending_never_takes_a_voucher_below_zero(engine, issue_voucher):
+    from ledger.errors import InsufficientFunds
+
+    issued = await issue_voucher(10_000)
+    async with engine.begin() as conn:
+        merchant = await conn.scalar(text(
+            "INSERT INTO accounts (kind, unit, floor_cents) VALUES ('merchant', 'EUR', 0) RETURNING id"))
+
+    async def spend(n: int) -> bool:
+        try:
+            async with engine.begin() as conn:
+                await transfer(conn, key=f"race-{issued.id}-{n}", kind="voucher.redeem",
+                               postings=[Posting(issued.account_id, -3_000), Posting(merchant, 3_000)])
+            return True
+        except InsufficientFunds:
+            return False
+
+    outcomes = await asyncio.gather(*(spend(n) for n in range(12)))
+    assert outcomes.count(True) == 3
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :id"),
+                                 {"id": issued.account_id}) == 1_000
+
+
+async def test_operator_downloads_a_single_voucher_pdf(client, operator, issue_voucher):
+    issued = await issue_voucher(4200)
+    response = await client.get(f"/vouchers/{issued.id}/voucher.pdf", headers=operator)
+    assert response.status_code == 200 and response.content.startswith(b"%PDF")
+    assert f'filename="voucher-{issued.code}.pdf"' in response.headers["content-disposition"]
+
+
+async def test_the_operator_changes_programme_rules_over_http_with_an_audit_event(client, operator, engine, make_programme):
+    programme = await make_programme(validity_months=12)
+    changed = await client.patch(f"/programmes/{programme.id}", headers=operator, json={
+        "valid_until": (date.today() + timedelta(days=400)).isoformat(), "second_language": "eu",
+        "texts": {"fr": {"name": "Chèque cadeau"}, "eu": {"name": "Opari txekea"}},
+        "categories_excluded": ["supermarket"]})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["validity_months"], body["second_language"], body["texts"]["eu"]["name"]) == (None, "eu", "Opari txekea")
+    listed = (await client.get("/programmes", headers=operator)).json()
+    assert programme.id in [p["id"] for p in listed]
+    async with engine.connect() as conn:
+        (event,) = [e for e in await audit_events(conn, "programme.changed") if e["programme_id"] == programme.id]
+    assert event["changes"]["validity_months"] == {"before": 12, "after": None}
+    assert event["changes"]["second_language"] == {"before": "en", "after": "eu"}
+    refused = await client.patch(f"/programmes/{programme.id}", headers=operator, json={"second_language": "fr"})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_programme_rules"
+    assert refused.json()["field"] == "second_language"

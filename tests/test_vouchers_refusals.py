@@ -123,6 +123,7 @@ async def test_zero_negative_and_over_limit_amounts_in_json_are_refused(client, 
     (b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>", 415, "logo_refused"),
     (b"<svg xmlns='http://www.w3.org/2000/svg'><image href='https://tracker.example/x.png'/></svg>", 415, "logo_refused"),
     (b"<?xml version='1.0'?><!DOCTYPE svg [<!ENTITY x 'y'>]><svg xmlns='http://www.w3.org/2000/svg'/>", 415, "logo_refused"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'><circle cx='5' cy='5' r='4'/></svg>", 415, "logo_refused"),  # no size
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * (600 * 1024), 413, "logo_too_large"),
 ])
 async def test_fake_or_oversize_logos_are_refused(client, engine, scheme, content, status, code):
@@ -205,3 +206,10 @@ async def test_an_employer_sees_only_its_own_orders(client, scheme):
     assert order_id not in [o["id"] for o in (await client.get("/voucher-orders", headers=scheme["other"])).json()]
     _refused(await client.post("/programmes", headers=scheme["employer"], json={
         "issuer_id": scheme["issuer_id"], "kind": "gift", "name": "Mine"}), 403, "forbidden")
+    _refused(await client.patch(f"/programmes/{scheme['programme_id']}", headers=scheme["employer"],
+                                json={"purchase_fee_bp": 0}), 403, "forbidden")
+    _refused(await client.get(f"/programmes/{scheme['programme_id']}/statistics", headers=scheme["employer"]),
+             403, "forbidden")
+    _refused(await client.get("/employers", headers=scheme["employer"]), 403, "forbidden")
+    readable = await client.get(f"/programmes/{scheme['programme_id']}", headers=scheme["employer"])
+    assert readable.status_code == 200 and readable.json()["face_value_max_cents"] == 20000

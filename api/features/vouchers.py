@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
+import hmac
+import os
 import time
 from collections import deque
 from datetime import date, datetime, time as clock_time, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import structlog
@@ -159,6 +162,177 @@ class BalanceIn(msgspec.Struct, forbid_unknown_fields=True):
     code: Annotated[str, msgspec.Meta(max_length=40)]
 
 
+# --- answers ------------------------------------------------------------------------------
+
+class ProgrammeAccountsOut(msgspec.Struct):
+    float: int
+    reserve: int
+    bank: int
+    breakage: int | None
+
+
+class ProgrammeOut(msgspec.Struct):
+    id: int
+    issuer_id: int
+    kind: str
+    name: str
+    unit: str
+    face_value_min_cents: int
+    face_value_max_cents: int
+    validity_months: int | None
+    valid_until: date | None
+    partial_redemption: bool
+    categories_allowed: list[str] | None
+    categories_excluded: list[str]
+    merchants_allowed: list[int]
+    merchants_denied: list[int]
+    second_language: str
+    texts: dict[str, dict[str, str]]
+    purchase_fee_bp: int
+    accounts: ProgrammeAccountsOut
+
+
+class StatisticsOut(msgspec.Struct):
+    programme_id: int
+    unit: str
+    sold_cents: int
+    issued_count: int
+    issued_cents: int
+    redeemed_cents: int
+    outstanding_count: int
+    outstanding_cents: int
+    expired_count: int
+    expired_cents: int
+    revoked_count: int
+
+
+class EmployerOut(msgspec.Struct):
+    id: int
+    issuer_id: int
+    name: str
+    siret: str
+    address: str
+
+
+class EmployerUserOut(msgspec.Struct):
+    id: int
+    email: str
+    role: str
+    employer_id: int
+
+
+class CeilingOut(msgspec.Struct):
+    year: int
+    per_beneficiary_per_event_cents: int
+
+
+class WarningOut(msgspec.Struct):
+    code: str
+    beneficiary_name: str
+    line_nos: list[int]
+    amount_cents: int
+    ceiling_cents: int
+    message: str
+    message_fr: str
+
+
+class QuoteOut(msgspec.Struct):
+    lines_count: int
+    face_value_cents: int
+    fee_bp: int
+    fee_cents: int
+    fee_vat_cents: int
+    total_cents: int
+    urssaf_ceiling: CeilingOut
+    warnings: list[WarningOut]
+
+
+class OrderOut(msgspec.Struct):
+    id: int
+    employer_id: int
+    programme_id: int
+    status: str
+    event: str
+    event_label: str
+    message: str
+    colour_primary: str
+    colour_secondary: str
+    logo: str | None  # the logo's media type, if there is one
+    payment_reference: str | None
+    payment_transfer_id: int | None
+    issue_transfer_id: int | None
+    created_at: datetime
+    confirmed_at: datetime | None
+    paid_at: datetime | None
+    issued_at: datetime | None
+    cancelled_at: datetime | None
+    quote: QuoteOut
+
+
+class LineOut(msgspec.Struct):
+    line_no: int
+    beneficiary_name: str
+    beneficiary_email: str | None
+    amount_cents: int
+
+
+class VoucherOut(msgspec.Struct):
+    id: int
+    programme_id: int
+    account_id: int
+    code: str
+    token: str
+    key_id: str
+    face_value_cents: int
+    balance_cents: int
+    beneficiary_name: str | None
+    beneficiary_email: str | None
+    employer_id: int | None
+    order_id: int | None
+    status: str
+    issued_at: datetime
+    expires_at: datetime
+    replaced_by: int | None
+    reissue_of: int | None
+    page_path: str  # the holder's secret page
+
+
+class RevokedOut(msgspec.Struct):
+    revoked: VoucherOut
+    replacement: VoucherOut | None
+
+
+class ExpiryOut(msgspec.Struct):
+    vouchers: int
+    moved_cents: int
+    transfer_ids: list[int]
+
+
+class RotatedOut(msgspec.Struct):
+    active_key_id: str
+
+
+class PublicKeyOut(msgspec.Struct):
+    key_id: str
+    algorithm: str
+    public_key: str  # raw 32-byte Ed25519 public key, hex
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class KeySetOut(msgspec.Struct):
+    format: str
+    keys: list[PublicKeyOut]
+
+
+class BalanceOut(msgspec.Struct):
+    balance_cents: int
+    unit: str
+    expires_at: datetime
+    valid_until: date  # the last day it can be spent (Europe/Paris)
+    status: str
+
+
 # --- helpers --------------------------------------------------------------------------------
 
 def _actor(user: AuthUser) -> str:
@@ -169,20 +343,19 @@ async def _begin(conn: AsyncConnection, user: AuthUser) -> None:
     await set_actor(conn, _actor(user))
 
 
-def _programme_out(rules: ProgrammeRules) -> dict[str, Any]:
-    return {
-        "id": rules.id, "issuer_id": rules.issuer_id, "kind": rules.kind, "name": rules.name, "unit": rules.unit,
-        "face_value_min_cents": rules.face_value_min_cents, "face_value_max_cents": rules.face_value_max_cents,
-        "validity_months": rules.validity_months,
-        "valid_until": rules.valid_until.isoformat() if rules.valid_until else None,
-        "partial_redemption": rules.partial_redemption,
-        "categories_allowed": None if rules.categories_allowed is None else list(rules.categories_allowed),
-        "categories_excluded": list(rules.categories_excluded), "merchants_allowed": list(rules.merchants_allowed),
-        "merchants_denied": list(rules.merchants_denied), "second_language": rules.second_language,
-        "texts": rules.texts, "purchase_fee_bp": rules.purchase_fee_bp,
-        "accounts": {"float": rules.float_account_id, "reserve": rules.reserve_account_id,
-                     "bank": rules.bank_account_id, "breakage": rules.breakage_account_id},
-    }
+def _programme_out(rules: ProgrammeRules) -> ProgrammeOut:
+    return ProgrammeOut(
+        id=rules.id, issuer_id=rules.issuer_id, kind=rules.kind, name=rules.name, unit=rules.unit,
+        face_value_min_cents=rules.face_value_min_cents, face_value_max_cents=rules.face_value_max_cents,
+        validity_months=rules.validity_months, valid_until=rules.valid_until,
+        partial_redemption=rules.partial_redemption,
+        categories_allowed=None if rules.categories_allowed is None else list(rules.categories_allowed),
+        categories_excluded=list(rules.categories_excluded), merchants_allowed=list(rules.merchants_allowed),
+        merchants_denied=list(rules.merchants_denied), second_language=rules.second_language, texts=rules.texts,
+        purchase_fee_bp=rules.purchase_fee_bp,
+        accounts=ProgrammeAccountsOut(rules.float_account_id, rules.reserve_account_id, rules.bank_account_id,
+                                      rules.breakage_account_id),
+    )
 
 
 def _texts(texts: dict[str, Texts]) -> dict[str, dict[str, str]]:
@@ -209,34 +382,29 @@ async def _order_for(conn: AsyncConnection, user: AuthUser, order_id: int, *, fo
     return order
 
 
-async def _order_out(conn: AsyncConnection, order: order_domain.Order) -> dict[str, Any]:
+async def _order_out(conn: AsyncConnection, order: order_domain.Order) -> OrderOut:
     fixed = await order_domain.fixed_quote(conn, order)
-    return {
-        "id": order.id, "employer_id": order.employer_id, "programme_id": order.programme_id, "status": order.status,
-        "event": order.event, "event_label": order.event_label, "message": order.message,
-        "colour_primary": order.colour_primary, "colour_secondary": order.colour_secondary,
-        "logo": order.logo_media_type, "payment_reference": order.payment_reference,
-        "payment_transfer_id": order.payment_transfer_id, "issue_transfer_id": order.issue_transfer_id,
-        "created_at": order.created_at.isoformat(),
-        "confirmed_at": order.confirmed_at.isoformat() if order.confirmed_at else None,
-        "paid_at": order.paid_at.isoformat() if order.paid_at else None,
-        "issued_at": order.issued_at.isoformat() if order.issued_at else None,
-        "cancelled_at": order.cancelled_at.isoformat() if order.cancelled_at else None,
-        "quote": order_domain.quote_as_dict(fixed),
-    }
+    return OrderOut(
+        id=order.id, employer_id=order.employer_id, programme_id=order.programme_id, status=order.status,
+        event=order.event, event_label=order.event_label, message=order.message,
+        colour_primary=order.colour_primary, colour_secondary=order.colour_secondary, logo=order.logo_media_type,
+        payment_reference=order.payment_reference, payment_transfer_id=order.payment_transfer_id,
+        issue_transfer_id=order.issue_transfer_id, created_at=order.created_at, confirmed_at=order.confirmed_at,
+        paid_at=order.paid_at, issued_at=order.issued_at, cancelled_at=order.cancelled_at,
+        quote=msgspec.convert(order_domain.quote_as_dict(fixed), QuoteOut),
+    )
 
 
-def _voucher_out(voucher: voucher_domain.Voucher, balance_cents: int | None = None) -> dict[str, Any]:
-    return {
-        "id": voucher.id, "programme_id": voucher.programme_id, "account_id": voucher.account_id,
-        "code": format_code(voucher.code), "token": voucher.token, "key_id": voucher.key_id,
-        "face_value_cents": voucher.face_value_cents, "balance_cents": balance_cents,
-        "beneficiary_name": voucher.beneficiary_name, "beneficiary_email": voucher.beneficiary_email,
-        "employer_id": voucher.employer_id, "order_id": voucher.order_id, "status": voucher.status,
-        "issued_at": voucher.issued_at.isoformat(), "expires_at": voucher.expires_at.isoformat(),
-        "replaced_by": voucher.replaced_by, "reissue_of": voucher.reissue_of,
-        "page_path": f"{PAGE_PREFIX}{voucher.page_secret}",
-    }
+def _voucher_out(voucher: voucher_domain.Voucher, balance_cents: int) -> VoucherOut:
+    return VoucherOut(
+        id=voucher.id, programme_id=voucher.programme_id, account_id=voucher.account_id,
+        code=format_code(voucher.code), token=voucher.token, key_id=voucher.key_id,
+        face_value_cents=voucher.face_value_cents, balance_cents=balance_cents,
+        beneficiary_name=voucher.beneficiary_name, beneficiary_email=voucher.beneficiary_email,
+        employer_id=voucher.employer_id, order_id=voucher.order_id, status=voucher.status,
+        issued_at=voucher.issued_at, expires_at=voucher.expires_at, replaced_by=voucher.replaced_by,
+        reissue_of=voucher.reissue_of, page_path=f"{PAGE_PREFIX}{voucher.page_secret}",
+    )
 
 
 async def _lines_from_json(conn: AsyncConnection, order: order_domain.Order, lines: list[LineBody]):
@@ -280,12 +448,16 @@ _balance_limiter = _RateLimiter(BALANCE_REQUESTS_PER_MINUTE)
 
 # --- operators: issuers, programmes, employers ---------------------------------------------
 
+_OPERATOR = [requires(Role.OPERATOR)]
+# Employers read the programmes they may order from; only operators change anything.
+_READERS = [requires(Role.OPERATOR, Role.EMPLOYER)]
+
+
 class ProgrammesController(Controller):
     path = "/"
     tags = ["vouchers: programmes"]
-    guards = [requires(Role.OPERATOR)]
 
-    @post("/issuers", status_code=201)
+    @post("/issuers", status_code=201, guards=_OPERATOR)
     async def create_issuer(self, request: Request, data: JSONBody[IssuerIn], db_engine: NamedDependency[AsyncEngine]) -> IssuerOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
@@ -293,8 +465,8 @@ class ProgrammesController(Controller):
             siren = await conn.scalar(text("SELECT siren FROM issuers WHERE id = :id"), {"id": issuer_id})
         return IssuerOut(issuer_id, data.name.strip(), siren)
 
-    @post("/programmes", status_code=201)
-    async def create_programme(self, request: Request, data: JSONBody[ProgrammeIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    @post("/programmes", status_code=201, guards=_OPERATOR)
+    async def create_programme(self, request: Request, data: JSONBody[ProgrammeIn], db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut:
         rules = {f: getattr(data, f) for f in programme_domain.RULE_FIELDS}
         rules["texts"] = _texts(data.texts)
         async with db_engine.begin() as conn:
@@ -303,19 +475,19 @@ class ProgrammesController(Controller):
                 conn, issuer_id=data.issuer_id, kind=data.kind, unit=data.unit, actor=_actor(request.user), **rules)
         return _programme_out(created)
 
-    @get("/programmes")
-    async def list_programmes(self, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+    @get("/programmes", guards=_READERS)
+    async def list_programmes(self, db_engine: NamedDependency[AsyncEngine]) -> list[ProgrammeOut]:
         async with db_engine.connect() as conn:
             return [_programme_out(r) for r in await programme_domain.list_rules(conn)]
 
-    @get("/programmes/{programme_id:int}")
-    async def programme(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    @get("/programmes/{programme_id:int}", guards=_READERS)
+    async def programme(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut:
         async with db_engine.connect() as conn:
             return _programme_out(await programme_domain.get_rules(conn, programme_id))
 
-    @patch("/programmes/{programme_id:int}")
+    @patch("/programmes/{programme_id:int}", guards=_OPERATOR)
     async def change_programme(self, request: Request, programme_id: FromPath[int], data: JSONBody[ProgrammeChange],
-                               db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                               db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut:
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         if "texts" in changes:
             changes["texts"] = _texts(changes["texts"])
@@ -328,38 +500,37 @@ class ProgrammesController(Controller):
             changed = await programme_domain.update_programme(conn, programme_id, actor=_actor(request.user), **changes)
         return _programme_out(changed)
 
-    @get("/programmes/{programme_id:int}/statistics")
-    async def statistics(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    @get("/programmes/{programme_id:int}/statistics", guards=_OPERATOR)
+    async def statistics(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> StatisticsOut:
         async with db_engine.connect() as conn:
             found = await voucher_domain.programme_statistics(conn, programme_id)
-        return dataclasses.asdict(found)
+        return StatisticsOut(**dataclasses.asdict(found))
 
-    @post("/employers", status_code=201)
-    async def create_employer(self, request: Request, data: JSONBody[EmployerIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    @post("/employers", status_code=201, guards=_OPERATOR)
+    async def create_employer(self, request: Request, data: JSONBody[EmployerIn], db_engine: NamedDependency[AsyncEngine]) -> EmployerOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             employer = await employer_domain.create_employer(
                 conn, issuer_id=data.issuer_id, name=data.name, siret=data.siret, address=data.address,
                 actor=_actor(request.user))
-        return {"id": employer.id, "issuer_id": employer.issuer_id, "name": employer.name, "siret": employer.siret,
-                "address": employer.address}
+        return EmployerOut(employer.id, employer.issuer_id, employer.name, employer.siret, employer.address)
 
-    @get("/employers")
-    async def list_employers(self, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+    @get("/employers", guards=_OPERATOR)
+    async def list_employers(self, db_engine: NamedDependency[AsyncEngine]) -> list[EmployerOut]:
         async with db_engine.connect() as conn:
-            return [{"id": e.id, "issuer_id": e.issuer_id, "name": e.name, "siret": e.siret, "address": e.address}
+            return [EmployerOut(e.id, e.issuer_id, e.name, e.siret, e.address)
                     for e in await employer_domain.list_employers(conn)]
 
-    @post("/employers/{employer_id:int}/users", status_code=201)
+    @post("/employers/{employer_id:int}/users", status_code=201, guards=_OPERATOR)
     async def create_employer_user(self, request: Request, employer_id: FromPath[int], data: JSONBody[EmployerUserIn],
-                                   db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                                   db_engine: NamedDependency[AsyncEngine]) -> EmployerUserOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             employer = await employer_domain.get_employer(conn, employer_id)
             user_id = await create_user(conn, email=data.email, password=data.password, role=Role.EMPLOYER,
                                         display_name=data.display_name, issuer_id=employer.issuer_id)
             await employer_domain.attach_user(conn, user_id=user_id, employer_id=employer_id, actor=_actor(request.user))
-        return {"id": user_id, "email": data.email.lower(), "role": "employer", "employer_id": employer_id}
+        return EmployerUserOut(user_id, data.email.lower(), Role.EMPLOYER.value, employer_id)
 
 
 # --- orders: employers (their own) and operators (all) ------------------------------------
@@ -370,7 +541,7 @@ class OrdersController(Controller):
     guards = [requires(Role.EMPLOYER, Role.OPERATOR)]
 
     @post("/", status_code=201)
-    async def create(self, request: Request, data: JSONBody[OrderIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def create(self, request: Request, data: JSONBody[OrderIn], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             scope = await _employer_scope(conn, request.user)
@@ -388,19 +559,19 @@ class OrdersController(Controller):
             return await _order_out(conn, order)
 
     @get("/")
-    async def list_orders(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+    async def list_orders(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> list[OrderOut]:
         async with db_engine.connect() as conn:
             scope = await _employer_scope(conn, request.user)
             return [await _order_out(conn, o) for o in await order_domain.list_orders(conn, employer_id=scope)]
 
     @get("/{order_id:int}")
-    async def order(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def order(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         async with db_engine.connect() as conn:
             return await _order_out(conn, await _order_for(conn, request.user, order_id))
 
     @patch("/{order_id:int}")
     async def change(self, request: Request, order_id: FromPath[int], data: JSONBody[OrderChange],
-                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                     db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             await _order_for(conn, request.user, order_id)
@@ -410,16 +581,15 @@ class OrdersController(Controller):
             return await _order_out(conn, order)
 
     @get("/{order_id:int}/lines")
-    async def lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+    async def lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> list[LineOut]:
         async with db_engine.connect() as conn:
             await _order_for(conn, request.user, order_id)
-            return [{"line_no": line.line_no, "beneficiary_name": line.beneficiary_name,
-                     "beneficiary_email": line.beneficiary_email, "amount_cents": line.amount_cents}
+            return [LineOut(line.line_no, line.beneficiary_name, line.beneficiary_email, line.amount_cents)
                     for line in await order_domain.get_lines(conn, order_id)]
 
     @put("/{order_id:int}/lines")
     async def replace_lines(self, request: Request, order_id: FromPath[int], data: JSONBody[list[LineBody]],
-                            db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                            db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             order = await _order_for(conn, request.user, order_id, for_update=True)
@@ -428,7 +598,7 @@ class OrdersController(Controller):
             return await _order_out(conn, order)
 
     @put("/{order_id:int}/lines.csv")
-    async def upload_lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def upload_lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Send the CSV as the raw request body (``Content-Type: text/csv``)."""
         body = await request.body()
         async with db_engine.begin() as conn:
@@ -440,7 +610,7 @@ class OrdersController(Controller):
             return await _order_out(conn, order)
 
     @put("/{order_id:int}/logo")
-    async def upload_logo(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def upload_logo(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Send the PNG, JPEG or SVG file as the raw request body."""
         logo = check_logo(await request.body())
         async with db_engine.begin() as conn:
@@ -450,7 +620,7 @@ class OrdersController(Controller):
             return await _order_out(conn, order)
 
     @post("/{order_id:int}/confirm", status_code=200)
-    async def confirm(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def confirm(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             await _order_for(conn, request.user, order_id)
@@ -459,7 +629,7 @@ class OrdersController(Controller):
 
     @post("/{order_id:int}/cancel", status_code=200)
     async def cancel(self, request: Request, order_id: FromPath[int], data: JSONBody[ReasonIn],
-                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                     db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             await _order_for(conn, request.user, order_id)
@@ -468,7 +638,7 @@ class OrdersController(Controller):
 
     @post("/{order_id:int}/payment", status_code=200, guards=[requires(Role.OPERATOR)])
     async def record_payment(self, request: Request, order_id: FromPath[int], data: JSONBody[PaymentIn],
-                             db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                             db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """The operator records the bank transfer; the vouchers are issued at once."""
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
@@ -477,12 +647,12 @@ class OrdersController(Controller):
         return await _issue_order(db_engine, request.user, order_id)
 
     @post("/{order_id:int}/issue", status_code=200, guards=[requires(Role.OPERATOR)])
-    async def issue(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def issue(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Issue a paid order (done by the payment itself; here to retry should that have failed)."""
         return await _issue_order(db_engine, request.user, order_id)
 
     @get("/{order_id:int}/vouchers")
-    async def vouchers(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> list[dict[str, Any]]:
+    async def vouchers(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> list[VoucherOut]:
         async with db_engine.connect() as conn:
             await _order_for(conn, request.user, order_id)
             found = await voucher_domain.vouchers_of_order(conn, order_id)
@@ -506,7 +676,7 @@ class OrdersController(Controller):
         return _attachment(content, "application/zip", f"order-{order_id}-vouchers.zip")
 
 
-async def _issue_order(db_engine: AsyncEngine, user: AuthUser, order_id: int) -> dict[str, Any]:
+async def _issue_order(db_engine: AsyncEngine, user: AuthUser, order_id: int) -> OrderOut:
     async with db_engine.begin() as conn:
         await _begin(conn, user)
         order, _ = await order_domain.issue(conn, order_id, actor=_actor(user))
@@ -536,7 +706,7 @@ class VouchersController(Controller):
         return voucher
 
     @get("/{voucher_id:int}")
-    async def voucher(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def voucher(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> VoucherOut:
         async with db_engine.connect() as conn:
             voucher = await self._voucher_for(conn, request.user, voucher_id)
             return _voucher_out(voucher, (await _balances(conn, [voucher]))[voucher.account_id])
@@ -557,18 +727,18 @@ class VouchersController(Controller):
 
     @post("/{voucher_id:int}/revoke", status_code=200, guards=[requires(Role.OPERATOR)])
     async def revoke(self, request: Request, voucher_id: FromPath[int], data: JSONBody[ReasonIn],
-                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                     db_engine: NamedDependency[AsyncEngine]) -> RevokedOut:
         """Revoke a lost voucher; what is left on it moves to a new voucher (new code, new token)."""
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             old, new = await voucher_domain.revoke_and_reissue(conn, voucher_id, reason=data.reason, actor=_actor(request.user))
             balances = await _balances(conn, [old] + ([new] if new else []))
-        return {"revoked": _voucher_out(old, balances[old.account_id]),
-                "replacement": _voucher_out(new, balances[new.account_id]) if new else None}
+        return RevokedOut(_voucher_out(old, balances[old.account_id]),
+                          _voucher_out(new, balances[new.account_id]) if new else None)
 
     @post("/{voucher_id:int}/extend", status_code=200, guards=[requires(Role.OPERATOR)])
     async def extend(self, request: Request, voucher_id: FromPath[int], data: JSONBody[ExtendIn],
-                     db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+                     db_engine: NamedDependency[AsyncEngine]) -> VoucherOut:
         expires_at = datetime.combine(data.valid_until + timedelta(days=1), clock_time(), PARIS).astimezone(timezone.utc)
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
@@ -576,37 +746,35 @@ class VouchersController(Controller):
             return _voucher_out(voucher, (await _balances(conn, [voucher]))[voucher.account_id])
 
     @post("/expire", status_code=200, guards=[requires(Role.OPERATOR)])
-    async def expire(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def expire(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> ExpiryOut:
         """Run the expiry now (the serve job does it every few minutes)."""
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             run = await voucher_domain.expire_due(conn, actor=_actor(request.user))
-        return {"vouchers": run.vouchers, "moved_cents": run.moved_cents, "transfer_ids": list(run.transfer_ids)}
+        return ExpiryOut(run.vouchers, run.moved_cents, list(run.transfer_ids))
 
     @post("/keys/rotate", status_code=200, guards=[requires(Role.OPERATOR)])
-    async def rotate_key(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+    async def rotate_key(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> RotatedOut:
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             key = await voucher_domain.rotate_key(conn, actor=_actor(request.user))
-        return {"active_key_id": key.key_id}
+        return RotatedOut(key.key_id)
 
 
 # --- public: key set, balance enquiry, digital voucher page --------------------------------
 
 @get(KEYS_PATH, exclude_from_auth=True, tags=["vouchers"])
-async def voucher_keys(db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+async def voucher_keys(db_engine: NamedDependency[AsyncEngine]) -> KeySetOut:
     """Every key that ever signed voucher tokens: enough to verify a token offline (docs/tokens.md)."""
     async with db_engine.begin() as conn:
         await voucher_domain.active_key(conn)  # a fresh scheme publishes its key before its first voucher
         keys = await voucher_domain.key_set(conn)
-    return {"format": "CV1", "keys": [
-        {"key_id": k.key_id, "algorithm": "ed25519", "public_key": k.public_key.hex(),
-         "created_at": k.created_at.isoformat(), "retired_at": k.retired_at.isoformat() if k.retired_at else None}
-        for k in keys]}
+    return KeySetOut("CV1", [PublicKeyOut(k.key_id, "ed25519", k.public_key.hex(), k.created_at, k.retired_at)
+                             for k in keys])
 
 
 @post(BALANCE_PATH, exclude_from_auth=True, status_code=200, tags=["vouchers"])
-async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine: NamedDependency[AsyncEngine]) -> dict[str, Any]:
+async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine: NamedDependency[AsyncEngine]) -> BalanceOut:
     """What is left on a voucher and until when: nothing else (not who holds it, not where it was spent)."""
     _balance_limiter.check(request.client.host if request.client else "unknown")
     async with db_engine.connect() as conn:
@@ -614,10 +782,9 @@ async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine
         left = await voucher_domain.available_cents(conn, voucher)
         unit = await conn.scalar(text("SELECT unit FROM accounts WHERE id = :id"), {"id": voucher.account_id})
     usable = voucher.status == "active" and voucher.expires_at > datetime.now(timezone.utc)
-    return {"balance_cents": left if usable else 0, "unit": unit,
-            "expires_at": voucher.expires_at.isoformat(),
-            "valid_until": (voucher.expires_at.astimezone(PARIS) - timedelta(seconds=1)).date().isoformat(),
-            "status": voucher.status if voucher.status != "active" or usable else "expired"}
+    return BalanceOut(left if usable else 0, unit, voucher.expires_at,
+                      (voucher.expires_at.astimezone(PARIS) - timedelta(seconds=1)).date(),
+                      voucher.status if voucher.status != "active" or usable else "expired")
 
 
 @get(PAGE_PREFIX + "{secret:str}", exclude_from_auth=True, tags=["vouchers"], media_type="text/html")
@@ -636,6 +803,62 @@ async def voucher_page_qr(secret: FromPath[str], db_engine: NamedDependency[Asyn
     async with db_engine.connect() as conn:
         voucher = await voucher_domain.voucher_for_page(conn, secret)
     return Response(voucher_print.qr_png(voucher.token), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+# --- the bank's payment webhook ---------------------------------------------------------------
+
+PAYMENTS_WEBHOOK_PATH = "/webhooks/voucher-payments"
+WEBHOOK_SECRET_ENV = "CIRCUIT_PAYMENT_WEBHOOK_SECRET"
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+class WebhookPaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: int
+    amount_cents: int
+    reference: Annotated[str, msgspec.Meta(max_length=140)]
+
+
+def _check_webhook_signature(request: Request, body: bytes) -> None:
+    """``X-Circuit-Signature: sha256=<hex>`` is HMAC-SHA256 with the shared secret over
+    ``<X-Circuit-Timestamp>.<raw body>``; a timestamp more than five minutes off is a replay."""
+    secret = os.environ.get(WEBHOOK_SECRET_ENV, "")
+    if not secret:
+        raise ApiError(404, "not_found", "No payment webhook is configured here.",
+                       detail_fr="Aucun webhook de paiement n'est configuré ici.")
+    stamp = request.headers.get("x-circuit-timestamp", "")
+    given = request.headers.get("x-circuit-signature", "").removeprefix("sha256=")
+    expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    fresh = stamp.isdigit() and abs(time.time() - int(stamp)) <= WEBHOOK_TOLERANCE_SECONDS
+    if not (fresh and hmac.compare_digest(given, expected)):
+        raise ApiError(401, "bad_webhook_signature", "The webhook's signature or timestamp is not valid.",
+                       detail_fr="La signature ou l'horodatage du webhook n'est pas valide.")
+
+
+@post(PAYMENTS_WEBHOOK_PATH, exclude_from_auth=True, status_code=200, tags=["vouchers: orders"])
+async def payment_webhook(request: Request, db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
+    """The bank (or a payment provider) reports the transfer for a confirmed order: the order is
+    paid and issued, as when an operator records it. Delivering the same payment again is harmless."""
+    body = await request.body()
+    _check_webhook_signature(request, body)
+    try:
+        payment = msgspec.json.decode(body, type=WebhookPaymentIn)
+    except msgspec.ValidationError as error:
+        raise ApiError(400, "invalid_request", f"The payment notice is malformed: {error}",
+                       detail_fr="L'avis de paiement est mal formé.") from None
+    async with db_engine.begin() as conn:
+        await set_actor(conn, "webhook:payments")
+        order = await order_domain.get_order(conn, payment.order_id, for_update=True)
+        # The same notice delivered again: nothing to book twice; finish the issue if it had failed.
+        again = order.payment_reference == payment.reference.strip()
+        if again and order.status == "issued":
+            return await _order_out(conn, order)
+        if not (again and order.status == "paid"):
+            await order_domain.record_payment(conn, payment.order_id, amount_cents=payment.amount_cents,
+                                              reference=payment.reference, actor="webhook:payments")
+    async with db_engine.begin() as conn:
+        await set_actor(conn, "webhook:payments")
+        order, _ = await order_domain.issue(conn, payment.order_id, actor="webhook:payments")
+        return await _order_out(conn, order)
 
 
 # --- jobs, commands, demo --------------------------------------------------------------------
@@ -733,9 +956,11 @@ async def seed_demo(conn: AsyncConnection, demo: dict) -> str:
             f"culture programme {culture.id}")
 
 
-ROUTES = [ProgrammesController, OrdersController, VouchersController, voucher_keys, balance_enquiry, voucher_page,
+ROUTES = [ProgrammesController, OrdersController, VouchersController, voucher_keys, balance_enquiry, payment_webhook,
+          voucher_page,
           voucher_page_qr]
-PUBLIC_PATHS = ["^/\\.well-known/circuit-voucher-keys\\.json$", "^/public/vouchers/balance$", "^/v/"]
+PUBLIC_PATHS = ["^/\\.well-known/circuit-voucher-keys\\.json$", "^/public/vouchers/balance$", "^/v/",
+                "^/webhooks/voucher-payments$"]
 JOBS = [expiry_job]
 COMMANDS = [register]
 ERROR_STATUS = {

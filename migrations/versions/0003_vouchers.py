@@ -62,6 +62,9 @@ CREATE TABLE employers (
     created_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (issuer_id, siret)
 );
+-- An employer funded vouchers (lot attribution): it is never removed.
+CREATE TRIGGER employers_no_delete BEFORE DELETE ON employers
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
 ALTER TABLE users ADD COLUMN employer_id bigint REFERENCES employers(id);
 
 CREATE TABLE voucher_orders (
