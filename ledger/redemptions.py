@@ -13,7 +13,7 @@ This module never speaks HTTP and never writes a balance itself.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -152,58 +152,58 @@ async def _public_keys(conn: AsyncConnection, key_id: str) -> dict[str, bytes]:
     return _public_keys_known
 
 
-async def _find(conn: AsyncConnection, *, token: str | None, code: str | None) -> vouchers.Voucher:
-    """The voucher of a scanned token or a typed code, or a refusal among the scheme's codes."""
+# What a scan needs besides the programme's rules, in one round trip: the voucher, its
+# available balance, the shop's status and category, its approval for the programme, its
+# account in the programme's unit, and an earlier taking under this idempotency key.
+_VOUCHER_FIELDS = len(fields(vouchers.Voucher))
+_SCAN_SQL = """
+    SELECT {voucher_columns},
+           va.balance_cents - va.pending_debits_cents AS available_cents,
+           m.status AS merchant_status, m.category, mp.status AS approval,
+           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = :owner_id
+              AND a.kind = 'merchant' AND a.unit = p.unit ORDER BY a.id LIMIT 1) AS merchant_account_id,
+           r.kind AS replay_kind, r.voucher_id AS replay_voucher_id, r.amount_cents AS replay_amount_cents,
+           r.transfer_id AS replay_transfer_id
+    FROM vouchers v
+    JOIN accounts va ON va.id = v.account_id
+    JOIN programmes p ON p.id = v.programme_id
+    JOIN merchants m ON m.id = :merchant_id
+    LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
+    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
+    WHERE {where}
+""".replace("{voucher_columns}", ", ".join(f"v.{field.name}" for field in fields(vouchers.Voucher)))
+_SCAN_BY_ID_SQL = text(_SCAN_SQL.replace("{where}", "v.id = :voucher_id"))
+_SCAN_BY_CODE_SQL = text(_SCAN_SQL.replace("{where}", "v.code = :code"))
+
+
+async def _scan(conn: AsyncConnection, merchant_id: int, *, token: str | None, code: str | None,
+                client_key: str | None) -> tuple[vouchers.Voucher, Any]:
+    """The voucher of a scanned token or a typed code and the shop's context, or a refusal
+    among the scheme's codes (``bad_signature``, ``unknown_voucher``)."""
     if bool(token) == bool(code):
         raise UnknownVoucher("Send either the scanned token or the typed code.",
                              message_fr="Envoyez soit le titre scanné, soit le code saisi.")
+    params = {"merchant_id": merchant_id, "owner_id": str(merchant_id), "client_key": client_key}
     try:
         if token:
             claims = tokens.verify_token(token, await _public_keys(conn, tokens.read_token(token)[0].key_id))
-            voucher = await vouchers.get_voucher(conn, claims.voucher_id)
-            if voucher.programme_id != claims.programme_id:
-                raise vouchers.VoucherNotFound(voucher_id=claims.voucher_id)
-            return voucher
-        return await vouchers.voucher_for_code(conn, code or "")
+            row = (await conn.execute(_SCAN_BY_ID_SQL, {**params, "voucher_id": claims.voucher_id})).one_or_none()
+            if row is not None and row.programme_id != claims.programme_id:
+                row = None
+        else:
+            row = (await conn.execute(_SCAN_BY_CODE_SQL, {**params, "code": tokens.parse_code(code or "")})).one_or_none()
     except (tokens.BadSignature, tokens.UnknownSigningKey) as error:
         raise BadSignature(reason=error.code) from None
-    except (tokens.TokenMalformed, tokens.CodeMalformed, tokens.CodeCheckFailed, vouchers.VoucherNotFound) as error:
+    except (tokens.TokenMalformed, tokens.CodeMalformed, tokens.CodeCheckFailed) as error:
         raise UnknownVoucher(reason=error.code) from None
-
-
-# Everything a redemption checks besides the voucher and its programme's rules, in one round
-# trip: the shop's status and category, its approval for the programme, its account in the
-# programme's unit, the voucher's available balance, and an earlier taking under this key.
-_REDEEM_CONTEXT_SQL = text(
-    """
-    SELECT m.status, m.category, mp.status AS approval,
-           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = :owner_id
-              AND a.kind = 'merchant' AND a.unit = p.unit ORDER BY a.id LIMIT 1) AS merchant_account_id,
-           (SELECT v.balance_cents - v.pending_debits_cents FROM accounts v WHERE v.id = :voucher_account_id)
-              AS available_cents,
-           r.kind AS replay_kind, r.voucher_id AS replay_voucher_id, r.amount_cents AS replay_amount_cents,
-           r.transfer_id AS replay_transfer_id
-    FROM merchants m
-    JOIN programmes p ON p.id = :programme_id
-    LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
-    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
-    WHERE m.id = :merchant_id
-    """
-)
-
-
-async def _context(conn: AsyncConnection, merchant_id: int, voucher: vouchers.Voucher, *, client_key: str | None) -> Any:
-    row = (await conn.execute(_REDEEM_CONTEXT_SQL, {
-        "merchant_id": merchant_id, "owner_id": str(merchant_id), "programme_id": voucher.programme_id,
-        "voucher_account_id": voucher.account_id, "client_key": client_key})).one_or_none()
     if row is None:
-        raise merchants.MerchantNotFound(merchant_id=merchant_id)
-    return row
+        raise UnknownVoucher(reason="voucher_not_found")
+    return vouchers.Voucher(*row[:_VOUCHER_FIELDS]), row
 
 
 def _check_taking(merchant: Any, programme: ProgrammeRules, merchant_id: int, voucher: vouchers.Voucher) -> None:
     """Refuse unless this shop may take this voucher now, in the order a cashier can act on."""
-    merchants.check_can_act(merchant.status)
+    merchants.check_can_act(merchant.merchant_status)
     if merchant.approval != "approved":
         raise NotAcceptedHere(reason="merchant_not_approved_for_programme", programme_id=programme.id)
     rule = acceptance(programme, merchant.category, merchant_id)
@@ -215,9 +215,8 @@ def _check_taking(merchant: Any, programme: ProgrammeRules, merchant_id: int, vo
 async def preview(conn: AsyncConnection, *, merchant_id: int, token: str | None = None, code: str | None = None) -> Preview:
     """What the voucher is; a refusal of a known voucher is returned in ``refusal``, so the
     cashier sees what it is and why not. An unknown or forged voucher is raised."""
-    voucher = await _find(conn, token=token, code=code)
+    voucher, context = await _scan(conn, merchant_id, token=token, code=code, client_key=None)
     programme = await get_rules(conn, voucher.programme_id)
-    context = await _context(conn, merchant_id, voucher, client_key=None)
     balance_cents = context.available_cents
     refusal = None
     try:
@@ -345,8 +344,7 @@ async def redeem(
     """Take ``amount_cents`` from the voucher for this shop; the same ``client_key`` again
     returns the first receipt and moves nothing."""
     _check_client_key(client_key)
-    voucher = await _find(conn, token=token, code=code)
-    context = await _context(conn, merchant_id, voucher, client_key=client_key)
+    voucher, context = await _scan(conn, merchant_id, token=token, code=code, client_key=client_key)
     if context.replay_kind is not None:
         if (context.replay_kind, context.replay_voucher_id, context.replay_amount_cents) != ("redeem", voucher.id, amount_cents):
             raise IdempotencyConflict(key=client_key)

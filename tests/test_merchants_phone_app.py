@@ -148,6 +148,16 @@ async def test_cashier_phone_scans_a_voucher_and_takes_part_of_it(server, engine
         await expect(page.locator("#result-remaining")).to_have_text("32,50 €")
         assert await _balance(engine, voucher.account_id) == 3250
 
+        # Offline: the app says so and cannot take a payment.
+        await context.set_offline(True)
+        await page.click("#next-btn")
+        await page.fill("#manual-code", voucher.code)
+        await page.click("#manual-btn")
+        await expect(page.locator("#result")).to_have_attribute("data-code", "network")
+        await expect(page.locator("#net")).to_have_text("Hors ligne")
+        await context.set_offline(False)
+        assert await _balance(engine, voucher.account_id) == 3250
+
         # Today's takings, then the English switch.
         await page.click('#tabs button[data-tab="today"]')
         await expect(page.locator("#today-totals .net-total")).to_have_text("17,50 €")
@@ -161,4 +171,10 @@ async def test_cashier_phone_scans_a_voucher_and_takes_part_of_it(server, engine
         await expect(page.locator("#result")).to_have_attribute("data-code", "ok")
         await expect(page.locator("#result-remaining")).to_have_text("€37.50")
         assert await _balance(engine, voucher.account_id) == 3750
+
+        # The owner sees this phone among the shop's signed-in devices, then signs out.
+        await page.click('#tabs button[data-tab="account"]')
+        await expect(page.locator("#devices")).to_contain_text("this device")
+        await page.click("#logout-btn")
+        await expect(page.locator("#login-btn")).to_be_visible()
         await browser.close()

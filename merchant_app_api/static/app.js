@@ -37,6 +37,7 @@ const TEXT = {
     more: "Plus ancien", csv: "Exporter (CSV)", account_title: "Compte", sign_out: "Se déconnecter",
     close_day: "Clôturer la journée (ticket Z)", closed_day: "Journée clôturée", count: "opérations",
     error: "Erreur", network_error: "Pas de réseau : réessayez.",
+    devices: "Appareils connectés", this_device: "cet appareil", revoke: "Déconnecter",
   },
   en: {
     tab_scan: "Take", tab_today: "Today", tab_history: "History", tab_account: "Account",
@@ -68,6 +69,7 @@ const TEXT = {
     more: "Older", csv: "Export (CSV)", account_title: "Account", sign_out: "Sign out",
     close_day: "Close the day (Z report)", closed_day: "Day closed", count: "transactions",
     error: "Error", network_error: "No network: try again.",
+    devices: "Signed-in devices", this_device: "this device", revoke: "Sign out",
   },
 };
 
@@ -595,11 +597,37 @@ function accountScreen() {
       <div class="row"><span>${esc(me.trade_name)}</span><span>${esc(me.merchant_status)}</span></div>
       <div class="row"><span>${esc(me.email)}</span><span>${esc(me.role.replace("merchant_", ""))}</span></div>
     </div>
+    <div id="devices"></div>
     <button id="logout-btn" class="danger" type="button">${t("sign_out")}</button>`);
   $("#logout-btn").addEventListener("click", async () => {
     await api("POST", "/auth/logout").catch(() => {});
     signOutLocally();
   });
+  if (me.role === "merchant_owner") showDevices();
+}
+
+// The owner sees the shop's signed-in phones and can sign any of them out (a lost phone).
+async function showDevices() {
+  let sessions;
+  try {
+    ({ data: sessions } = await api("GET", "/merchant/sessions"));
+  } catch (error) {
+    return;
+  }
+  $("#devices").innerHTML = `<h2>${t("devices")}</h2><div class="card">${sessions.map((s) => `
+    <div class="row" data-session="${s.id}">
+      <div class="what"><div>${esc(s.email)}${s.current ? ` · <strong>${t("this_device")}</strong>` : ""}</div>
+        <div class="muted">${esc(s.label.slice(0, 60))} · ${when(s.created_at)}</div></div>
+      ${s.current ? "" : `<button type="button" class="link revoke" style="color:var(--red);border-color:var(--line)" data-id="${s.id}">${t("revoke")}</button>`}
+    </div>`).join("")}</div>`;
+  $("#devices").querySelectorAll("button.revoke").forEach((button) => button.addEventListener("click", async () => {
+    try {
+      await api("POST", `/merchant/sessions/${button.dataset.id}/revoke`);
+    } catch (error) {
+      alert(error instanceof Offline ? t("network_error") : problemText(error.problem));
+    }
+    showDevices();
+  }));
 }
 
 function signOutLocally() {
