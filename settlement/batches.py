@@ -402,6 +402,12 @@ async def _compute_payments(conn: AsyncConnection, *, batch_id: int, issuer_id: 
                             ("end_to_end_id", f"CIRCUIT-{batch_id}-{row.id}"),
                             ("status", "pending" if payout > 0 else "none")):
             columns[name].append(value)
+    if any(columns["payout_cents"]):
+        # The issuer's own account is the debtor of every transfer: checked now, not at export.
+        debtor = (await conn.execute(text("SELECT debtor_iban, debtor_bic FROM issuers WHERE id = :id"),
+                                     {"id": issuer_id})).one()
+        checked_iban(debtor.debtor_iban, subject="issuer")
+        checked_bic(debtor.debtor_bic, subject="issuer")
     if bad:
         raise BankDetailsInvalid("a merchant to be paid has no valid IBAN or BIC: fix its details and prepare "
                                  "the period again", message_fr="Un commerçant à payer n'a pas d'IBAN ou de BIC "

@@ -3,6 +3,7 @@ late items, carried balances, counter sales, returned transfers."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -288,3 +289,32 @@ async def test_a_shop_to_be_paid_without_a_valid_iban_stops_the_preparation(engi
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM settlement_batches WHERE issuer_id = :i"),
                                  {"i": scheme.issuer_id}) == 0  # nothing half-written
+
+
+async def test_an_issuer_without_its_own_iban_cannot_prepare_payouts(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    await scheme.take(merchant_id, scheme.gift, 10_000, at(7, 10))
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE issuers SET debtor_iban = NULL WHERE id = :i"), {"i": scheme.issuer_id})
+    with pytest.raises(BankDetailsInvalid):
+        await run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-07", user_id=scheme.operator_id)
+
+
+async def test_concurrent_preparations_of_a_period_make_one_batch_and_claim_each_taking_once(engine,
+                                                                                           settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    merchant_id = await scheme.merchant()
+    for day in range(1, 11):
+        await scheme.take(merchant_id, scheme.gift, 1_000 * day, at(6, day))
+    prepared = await asyncio.gather(*(
+        run(engine, batches.prepare, issuer_id=scheme.issuer_id, period="2026-06", user_id=user)
+        for user in (scheme.operator_id, scheme.second_operator_id) * 3))
+    assert len({batch.id for batch in prepared}) == 1
+    async with engine.connect() as conn:
+        claimed = await conn.scalar(text("SELECT count(*) FROM settlement_items WHERE batch_id = :b"),
+                                    {"b": prepared[0].id})
+        [payment] = await batches.batch_payments(conn, prepared[0].id)
+    assert claimed == 10 and payment.payout_cents == 55_000 - 4_345 - 869
