@@ -208,10 +208,11 @@ def wallets_machine(database_url: str):
             self.model.shop_spendable -= amount
             self.model.set_aside += amount
 
-        @precondition(lambda self: not self.settled)
+        @precondition(lambda self: not self.settled and self.model.set_aside > 0)
         @rule()
         def month_is_settled(self) -> None:
-            """The month's batch, prepared as if the month had ended: reconversions leave circulation."""
+            """The month's batch, prepared as if the month had ended: the reconversions asked
+            leave circulation (once: one batch per period)."""
             today = datetime.now(timezone.utc).astimezone(PARIS)
             month_end = datetime(today.year + today.month // 12, today.month % 12 + 1, 1, tzinfo=PARIS)
 
