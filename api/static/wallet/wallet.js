@@ -292,6 +292,9 @@ function on(form, handler) {
 on("open-form", async (data) => {
   const body = { display_name: data.get("display_name") };
   for (const field of ["email", "phone", "password"]) if (data.get(field)) body[field] = data.get(field);
+  // A scheme with several local currencies links to /wallet/?programme=ID; with one, none is needed.
+  const programme = new URLSearchParams(location.search).get("programme");
+  if (programme) body.programme_id = Number(programme);
   signedIn(await api("/wallets/open", { method: "POST", body: JSON.stringify(body) }));
 });
 
