@@ -20,7 +20,7 @@ const TEXT = {
     wallet_number: "Numéro du porte-monnaie", logout: "Se déconnecter", offline: "Hors ligne : solde du dernier passage.",
     vouchers: "Bons cadeaux", voucher_code: "Code d'un bon reçu", add_voucher: "Ajouter", show_qr: "Afficher le QR",
     until: (date) => `valable jusqu'au ${date}`, voucher_added: "Bon ajouté.",
-    limits: (hold, month) => `Plafond ${hold} · reçu ce mois-ci ${month}`,
+    limits: (hold, month, monthMax) => `Plafond ${hold} · reçu ce mois-ci ${month} sur ${monthMax}`,
     paid: "Paiement effectué.", sent: "Envoi effectué.", pay_to: (name) => `Payer ${name}`,
     topup_waiting: (id) => `Rechargement ${id} en attente du paiement en ligne.`, bad_code: "Ce code de commerce n'est pas reconnu.",
     kinds: { "wallet.payment": "Paiement", "wallet.transfer": "Virement", issue: "Rechargement en ligne",
@@ -37,7 +37,7 @@ const TEXT = {
     wallet_number: "Wallet number", logout: "Sign out", offline: "Offline: balance as last seen.",
     vouchers: "Gift vouchers", voucher_code: "Code of a voucher you received", add_voucher: "Add", show_qr: "Show QR",
     until: (date) => `valid until ${date}`, voucher_added: "Voucher added.",
-    limits: (hold, month) => `Limit ${hold} · received this month ${month}`,
+    limits: (hold, month, monthMax) => `Limit ${hold} · received this month ${month} of ${monthMax}`,
     paid: "Payment made.", sent: "Sent.", pay_to: (name) => `Pay ${name}`,
     topup_waiting: (id) => `Top-up ${id} is waiting for the online payment.`, bad_code: "This shop code is not recognised.",
     kinds: { "wallet.payment": "Payment", "wallet.transfer": "Transfer", issue: "Online top-up",
@@ -157,7 +157,8 @@ function render() {
   $("wallet").hidden = false;
   $("holder").textContent = w.display_name;
   $("balance").textContent = money(w.balance_cents, w.unit);
-  $("limits").textContent = t("limits", money(w.hold_max_cents, w.unit), money(w.received_month_cents, w.unit));
+  $("limits").textContent = t("limits", money(w.hold_max_cents, w.unit), money(w.received_month_cents, w.unit),
+                              money(w.receive_month_max_cents, w.unit));
   $("wallet-number").textContent = w.id;
   renderVouchers();
   const list = $("history");
