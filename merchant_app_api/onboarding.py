@@ -157,7 +157,7 @@ class MerchantReviewController(Controller):
     guards = [requires(Role.OPERATOR)]
 
     @get("/")
-    async def list(
+    async def list_merchants(
         self, db_engine: NamedDependency[AsyncEngine], status: FromQuery[str | None] = None,
         issuer_id: FromQuery[int | None] = None, after_id: FromQuery[int] = 0,
         limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=500)]] = 100,

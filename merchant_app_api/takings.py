@@ -120,7 +120,7 @@ class TakingsController(Controller):
         return TodayOut(day, [_total(t) for t in totals], [_taking(t) for t in latest], closed)
 
     @get("/takings")
-    async def list(
+    async def transactions(
         self, staff: NamedDependency[Staff], db_engine: NamedDependency[AsyncEngine],
         from_day: Annotated[date | None, QueryParameter(name="from")] = None,
         to_day: Annotated[date | None, QueryParameter(name="to")] = None,

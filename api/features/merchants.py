@@ -107,9 +107,11 @@ async def seed_demo(conn: AsyncConnection, demo: dict) -> str:
     line = (f"merchants: 3 shops approved (bookshop also for culture); shop app at /shop/ — owner "
             f"owner@librairie.demo with TOTP secret {DEMO_OWNER_TOTP_SECRET}, cashier {DEMO_CASHIER_EMAIL}")
     if demo.get("voucher_codes"):
+        # The order's last voucher: the vouchers tour shows the first ones untouched.
+        code = demo["voucher_codes"][-1]
         receipt = await redemptions.redeem(
             conn, receipt_signing_key(), merchant_id=bookshop, user_id=owner_id, amount_cents=1250,
-            client_key="demo-first-redemption", code=demo["voucher_codes"][0], actor="demo")
-        line += (f"; voucher {demo['voucher_codes'][0]} redeemed 12.50 € at the bookshop, "
+            client_key="demo-first-redemption", code=code, actor="demo")
+        line += (f"; voucher {code} redeemed 12.50 € at the bookshop, "
                  f"{receipt.body['voucher_balance_after_cents'] / 100:.2f} € left")
     return line
