@@ -18,8 +18,10 @@ Money, per merchant, at export (one balanced ledger transfer):
   it stays on ``payable`` (negative) and is netted by the next batch; a returned transfer puts
   its amount back on ``payable`` for the next batch. ``payable`` is the carried balance.
 
-Takings units the merchant's account cannot cover at preparation (refunds written after the
-period's end) are not collected now; they are carried to the next batch of that programme.
+Voucher units are collected per merchant account (gift and culture share the merchant's euro
+account): a programme whose refunds exceeded its takings gives its units back to its own float
+and reserve against the others' (see ``pooled_collects``); units the account cannot cover at
+preparation (refunds written after the period's end) are carried to the next batch.
 """
 
 from __future__ import annotations
@@ -229,6 +231,12 @@ _AGGREGATES = text(
         FROM settlement_lines l JOIN settlement_batches b ON b.id = l.batch_id
         WHERE b.issuer_id = :issuer AND b.id <> :batch AND l.kind = 'takings'
         GROUP BY l.merchant_id, l.programme_id HAVING sum(l.gross_cents - l.refunds_cents - l.collect_cents) <> 0
+    ), later AS (
+        SELECT t.merchant_id, t.programme_id, sum(t.amount_cents) AS units_cents
+        FROM merchant_takings t JOIN programmes p ON p.id = t.programme_id
+        WHERE p.issuer_id = :issuer AND t.effective_at >= :ends_at
+          AND NOT EXISTS (SELECT 1 FROM settlement_items i WHERE i.taking_id = t.id)
+        GROUP BY t.merchant_id, t.programme_id
     ), wanted AS (
         SELECT * FROM takings UNION ALL SELECT * FROM converted
         UNION ALL
@@ -237,9 +245,11 @@ _AGGREGATES = text(
                                                      AND t.programme_id = c.programme_id)
     )
     SELECT w.merchant_id, w.programme_id, w.kind, w.transactions, w.gross_cents, w.refunds_cents,
-           coalesce(c.units_cents, 0) AS carried_units_cents, m.category, p.kind AS programme_kind, p.unit
+           coalesce(c.units_cents, 0) AS carried_units_cents, coalesce(l.units_cents, 0) AS later_units_cents,
+           m.category, p.kind AS programme_kind, p.unit
     FROM wanted w JOIN merchants m ON m.id = w.merchant_id JOIN programmes p ON p.id = w.programme_id
     LEFT JOIN carried c ON w.kind = 'takings' AND c.merchant_id = w.merchant_id AND c.programme_id = w.programme_id
+    LEFT JOIN later l ON w.kind = 'takings' AND l.merchant_id = w.merchant_id AND l.programme_id = w.programme_id
     ORDER BY w.merchant_id, w.kind DESC, w.programme_id
     """
 )
@@ -314,7 +324,8 @@ async def prepare(conn: AsyncConnection, *, issuer_id: int, period: str, user_id
     claim = {"batch": batch_id, "issuer": issuer_id, "frequency": wanted.frequency, "ends_at": wanted.ends_at}
     await conn.execute(_CLAIM_TAKINGS, claim)
     await conn.execute(_CLAIM_RECONVERSIONS, claim)
-    await _compute_lines(conn, batch_id=batch_id, issuer_id=issuer_id, first_day=wanted.first_day)
+    await _compute_lines(conn, batch_id=batch_id, issuer_id=issuer_id, first_day=wanted.first_day,
+                         ends_at=wanted.ends_at)
     await _compute_payments(conn, batch_id=batch_id, issuer_id=issuer_id)
 
     batch = await get_batch(conn, batch_id)
@@ -325,13 +336,15 @@ async def prepare(conn: AsyncConnection, *, issuer_id: int, period: str, user_id
     return batch
 
 
-async def _compute_lines(conn: AsyncConnection, *, batch_id: int, issuer_id: int, first_day: date) -> None:
+async def _compute_lines(conn: AsyncConnection, *, batch_id: int, issuer_id: int, first_day: date,
+                         ends_at: datetime) -> None:
     rules = await list_rules(conn, issuer_id)
     waivers = await list_waivers(conn, issuer_id)
-    rows = (await conn.execute(_AGGREGATES, {"batch": batch_id, "issuer": issuer_id})).all()
+    rows = (await conn.execute(_AGGREGATES, {"batch": batch_id, "issuer": issuer_id, "ends_at": ends_at})).all()
     # What each merchant account can give up now; gift and culture share the merchant's EUR account.
     available = {(r.merchant_id, r.unit): r.balance_cents
                  for r in await conn.execute(_MERCHANT_BALANCES, {"issuer": issuer_id})}
+    collects = _collects(rows, available)
     columns: dict[str, list] = defaultdict(list)
     for row in rows:
         rule = select_rule(rules, kind=row.kind, day=first_day, programme_id=row.programme_id,
@@ -343,14 +356,7 @@ async def _compute_lines(conn: AsyncConnection, *, batch_id: int, issuer_id: int
         fee_cents, vat_cents = (fee.fee_cents, fee.vat_cents) if fee else (0, 0)
         waiver = select_waiver(waivers, day=first_day, merchant_id=row.merchant_id, programme_id=row.programme_id)
         sponsor_cents = fee_cents + vat_cents if waiver else 0
-        if row.kind == "reconversion":
-            collect = basis  # the units were set aside when the merchant asked
-        elif row.programme_kind == "local_currency":
-            collect = 0      # payments in local currency stay units: converted only on request
-        else:
-            key = (row.merchant_id, row.unit)
-            collect = max(0, min(basis + row.carried_units_cents, available.get(key, 0)))
-            available[key] = available.get(key, 0) - collect
+        collect = collects[(row.merchant_id, row.programme_id, row.kind)]
         for name, value in (("merchant_id", row.merchant_id), ("programme_id", row.programme_id),
                             ("kind", row.kind), ("transactions", row.transactions),
                             ("gross_cents", row.gross_cents), ("refunds_cents", row.refunds_cents),
@@ -374,6 +380,58 @@ async def _compute_lines(conn: AsyncConnection, *, batch_id: int, issuer_id: int
         ),
         {"batch": batch_id, **columns},
     )
+
+
+def _collects(rows, available: dict[tuple[int, str], int]) -> dict[tuple[int, int, str], int]:
+    """Units each line takes out of circulation: {(merchant, programme, kind): cents}.
+
+    A reconversion takes the units set aside; local-currency payments take none (they stay with
+    the merchant). Voucher programmes of one unit share the merchant's account, so they are
+    settled together, per account: see :func:`pooled_collects`."""
+    collects: dict[tuple[int, int, str], int] = {}
+    pools: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+    for row in rows:
+        key = (row.merchant_id, row.programme_id, row.kind)
+        if row.kind == "reconversion":
+            collects[key] = row.gross_cents
+        elif row.programme_kind == "local_currency":
+            collects[key] = 0
+        else:
+            due = row.gross_cents - row.refunds_cents + row.carried_units_cents
+            # Refunds written after the period's end already left the account: not collectable now.
+            pools[(row.merchant_id, row.unit)].append((row.programme_id, due + min(row.later_units_cents, 0)))
+    for (merchant_id, unit), caps in pools.items():
+        for programme_id, collect in pooled_collects(caps, available.get((merchant_id, unit), 0)).items():
+            collects[(merchant_id, programme_id, "takings")] = collect
+    return collects
+
+
+def pooled_collects(caps: list[tuple[int, int]], available_cents: int) -> dict[int, int]:
+    """Split what is collected from one merchant account among its programmes.
+
+    ``caps``: (programme, the most that programme's units may be collected: negative when its
+    refunds exceeded its takings, the units having come from another programme's takings).
+    The account gives up ``clamp(sum of caps, 0, available)``. A negative line is collected
+    negatively (its programme's float and reserve take the units back) against the positive
+    lines, so each programme's reserve keeps backing its own units in circulation; what cannot
+    be collected now is carried (never a negative total: the merchant account is not credited).
+    """
+    positive = sum(cap for _, cap in caps if cap > 0)
+    negative = -sum(cap for _, cap in caps if cap < 0)
+    total = max(0, min(positive - negative, available_cents))
+    give, take = total + min(negative, positive), min(negative, positive)  # positives give, negatives take
+    collects = {}
+    for programme_id, cap in caps:
+        if cap > 0:
+            collects[programme_id] = min(cap, give)
+            give -= collects[programme_id]
+        elif cap < 0:
+            collects[programme_id] = -min(-cap, take)
+            take += collects[programme_id]
+        else:
+            collects[programme_id] = 0
+    assert sum(collects.values()) == total
+    return collects
 
 
 async def _compute_payments(conn: AsyncConnection, *, batch_id: int, issuer_id: int) -> None:
@@ -402,7 +460,7 @@ async def _compute_payments(conn: AsyncConnection, *, batch_id: int, issuer_id: 
                             ("end_to_end_id", f"CIRCUIT-{batch_id}-{row.id}"),
                             ("status", "pending" if payout > 0 else "none")):
             columns[name].append(value)
-    if any(columns["payout_cents"]):
+    if any(columns.get("payout_cents", ())):
         # The issuer's own account is the debtor of every transfer: checked now, not at export.
         debtor = (await conn.execute(text("SELECT debtor_iban, debtor_bic FROM issuers WHERE id = :id"),
                                      {"id": issuer_id})).one()

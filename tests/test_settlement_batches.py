@@ -318,3 +318,45 @@ async def test_concurrent_preparations_of_a_period_make_one_batch_and_claim_each
                                     {"b": prepared[0].id})
         [payment] = await batches.batch_payments(conn, prepared[0].id)
     assert claimed == 10 and payment.payout_cents == 55_000 - 4_345 - 869
+
+
+def test_pooled_collection_nets_programmes_sharing_one_account():
+    from settlement.batches import pooled_collects
+
+    assert pooled_collects([(1, 10_000), (2, 2_000)], 12_000) == {1: 10_000, 2: 2_000}
+    # A gift voucher refunded out of culture takings: gift takes its units back, culture pays for it.
+    assert pooled_collects([(1, -10_000), (2, 10_000)], 0) == {1: -10_000, 2: 10_000}
+    assert pooled_collects([(1, -3_000), (2, 10_000)], 7_000) == {1: -3_000, 2: 10_000}
+    # More refunded than taken: nothing is collected in total, the rest is carried.
+    assert pooled_collects([(1, -10_000), (2, 4_000)], 0) == {1: -4_000, 2: 4_000}
+    # The account holds less than is due (refunds after the period's end): collect what it holds.
+    assert pooled_collects([(1, 10_000), (2, 5_000)], 12_000) == {1: 10_000, 2: 2_000}
+
+
+async def test_a_settled_gift_voucher_refunded_from_culture_takings_stays_backed(engine, settlement_scheme):
+    scheme = await settlement_scheme()
+    await default_rules(scheme)
+    shop = await scheme.merchant()
+    sold = await scheme.take(shop, scheme.gift, 10_000, at(4, 10))
+    april, paid = await _settle(engine, scheme, "2026-04")
+    assert paid[shop].payout_cents == 10_000 - 790 - 158
+    # May: 100.00 € of culture vouchers; the April gift voucher is refunded (the shop's account covers it).
+    await scheme.take(shop, scheme.culture, 10_000, at(5, 3))
+    await scheme.refund(sold, at(5, 4))
+    # June 1st, before May is prepared: another culture voucher, refunded at once.
+    late = await scheme.take(shop, scheme.culture, 3_000, at(6, 1))
+    await scheme.refund(late, at(6, 1, 14))
+    may, paid = await _settle(engine, scheme, "2026-05")
+    async with engine.connect() as conn:
+        lines = {l.programme_id: l for l in await batches.batch_lines(conn, may.id)}
+        report = await check_ledger(conn)
+    assert (lines[scheme.gift.id].collect_cents, lines[scheme.culture.id].collect_cents) == (-10_000, 10_000)
+    # The shop took 100.00 and gave back 100.00: it owes May's culture fee, carried to June.
+    assert (paid[shop].payout_cents, paid[shop].carried_out_cents) == (0, -500 - 100)
+    assert report.ok, report.discrepancies
+    # Each reserve backs its own vouchers: the refunded gift voucher (100.00) and the culture
+    # voucher refunded on June 1st (30.00, the shop's June takings not being collected yet).
+    assert await scheme.balance(scheme.gift.reserve_account_id) == 10_000
+    assert await scheme.balance(scheme.culture.reserve_account_id) == 3_000
+    june, paid = await _settle(engine, scheme, "2026-06")
+    assert (paid[shop].carried_in_cents, paid[shop].carried_out_cents) == (-600, -600)  # June: taken, refunded

@@ -28,6 +28,8 @@ event = st.one_of(
     st.tuples(st.just("take"), st.integers(0, MERCHANTS - 1), st.sampled_from(["gift", "culture", "bulle"]),
               st.integers(1, 40_000), st.integers(1, 28)),
     st.tuples(st.just("refund"), st.integers(0, 10**6), st.integers(1, 28)),
+    # Written on the 1st of the next month, before this month is prepared.
+    st.tuples(st.just("refund_next"), st.integers(0, 10**6)),
     st.tuples(st.just("late"), st.integers(0, MERCHANTS - 1), st.integers(1, 20_000)),
     st.tuples(st.just("counter"), st.integers(0, MERCHANTS - 1), st.integers(1, 30_000)),
 )
@@ -67,14 +69,24 @@ async def scenario(engine, users, plan, months) -> None:
     takings: list[int] = []
     counter_sales = [0] * MERCHANTS
     settled_periods: list[str] = []
-    for label, (events, returns) in zip(MONTHS, months):
+    refunded = {"gift": 0, "culture": 0, "bulle": 0}
+    names = {programme.id: name for name, programme in programmes.items()}
+    planned = list(zip(MONTHS, months))
+    for index, (label, (events, returns)) in enumerate(planned):
+        next_month = MONTHS[index + 1] if index + 1 < len(planned) else None
         for item in events:
             if item[0] == "take":
                 _, who, programme, amount, day = item
                 takings.append(await scheme.take(merchants[who], programmes[programme], amount, at(label, day)))
-            elif item[0] == "refund" and takings:
+            elif item[0] in ("refund", "refund_next") and takings and (item[0] == "refund" or next_month):
+                moment = at(label, item[2]) if item[0] == "refund" else at(next_month, 1)
                 try:
-                    takings.append(await scheme.refund(takings[item[1] % len(takings)], at(label, item[2])))
+                    refund = await scheme.refund(takings[item[1] % len(takings)], moment)
+                    takings.append(refund)
+                    async with engine.connect() as conn:
+                        row = (await conn.execute(text("SELECT programme_id, amount_cents FROM merchant_takings "
+                                                       "WHERE id = :id"), {"id": refund})).one()
+                    refunded[names[row.programme_id]] -= row.amount_cents
                 except InsufficientFunds:
                     pass  # the shop's account cannot cover it: a real refund is refused too
                 except Exception as error:  # refunded already (unique refund_of) or a refund itself
@@ -107,6 +119,12 @@ async def scenario(engine, users, plan, months) -> None:
     async with engine.connect() as conn:
         report = await check_ledger(conn)
         assert report.ok, report.discrepancies
+        # Everything taken is settled: each voucher programme's reserve backs exactly the vouchers
+        # refunded to their holders (a refund paid out of another programme's takings included).
+        for name in ("gift", "culture"):
+            reserve = await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :id"),
+                                        {"id": programmes[name].reserve_account_id})
+            assert reserve == refunded[name], name
         # Each taking is in exactly one batch (the primary key says at most one; this says at least one).
         claimed = await conn.scalar(text("SELECT count(*) FROM settlement_items WHERE taking_id = ANY(:ids)"),
                                     {"ids": takings})

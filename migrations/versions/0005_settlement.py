@@ -136,7 +136,7 @@ CREATE TABLE settlement_lines (
     transactions   integer NOT NULL,
     gross_cents    bigint NOT NULL,
     refunds_cents  bigint NOT NULL CHECK (refunds_cents >= 0),
-    collect_cents  bigint NOT NULL CHECK (collect_cents >= 0),
+    collect_cents  bigint NOT NULL,  -- negative: units given back to the programme (see pooled_collects)
     fee_rule_id    bigint REFERENCES fee_rules(id),
     fee_cents      bigint NOT NULL CHECK (fee_cents >= 0),
     vat_cents      bigint NOT NULL CHECK (vat_cents >= 0),
