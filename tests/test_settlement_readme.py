@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -21,34 +22,40 @@ def tour() -> str:
     return readme[start:readme.index("```\n", start)]
 
 
-def free_port() -> int:
-    for port in range(8300, 8400):  # the settlement capability's ports
+def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+    """`circuit serve --demo` on a port of the settlement capability's range (8300-8399).
+
+    Another run of this test (another worktree) may take the same port at the same moment: a
+    server that cannot bind exits, and is then tried again on another port, so the tour never
+    runs against someone else's server."""
+    deadline = time.monotonic() + 240  # a loaded shared machine can take a while to migrate and seed
+    for port in random.sample(range(8300, 8400), 100):
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise AssertionError("no free port in 8300-8399")
+        server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"],
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("a"))
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        time.sleep(0.5)
+        if server.poll() is None:
+            return server, port
+    raise AssertionError("circuit serve did not come up: " + log.read_text()[-2000:])
 
 
 def test_the_readme_settlement_tour_runs_as_written(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(CIRCUIT_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT),
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
+    server, port = start_server(env, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 180  # a loaded shared machine can take a while to migrate and seed
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "circuit serve did not come up"
-            time.sleep(0.2)
         script = (tour().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
                   .replace("/tmp/circuit-", f"{tmp_path}/circuit-")
                   .replace(".venv/bin/circuit", f"{sys.executable} -m api.cli"))
