@@ -1,7 +1,7 @@
 // Keeps the wallet page's own files so the page (and its rotating QR, computed from the
 // secret in localStorage) opens with no network. It never stores or answers an API request.
 const SHELL = "circuit-wallet-v1";
-const FILES = ["./", "index.html", "wallet.js", "wallet.css", "vendor/qrcode-generator.js", "vendor/jsQR.js"];
+const FILES = ["./", "index.html", "wallet.js", "wallet.css", "vendor/qrcode-generator.js", "/shop/vendor/jsQR.js"];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(SHELL).then((cache) => cache.addAll(FILES)).then(() => self.skipWaiting()));
