@@ -248,6 +248,8 @@ function scanScreen() {
       <button id="manual-btn" class="secondary" type="submit">${t("check")}</button>
     </form>`);
   if (pending) $("#pending-btn").addEventListener("click", () => sendRedeem(pending));
+  // Typing a code means the cashier chose it: a camera read must not pull the screen away.
+  $("#manual-code").addEventListener("focus", stopCamera);
   $("#manual-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const code = $("#manual-code").value.trim();
