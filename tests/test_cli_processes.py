@@ -4,10 +4,7 @@ the demo is seeded once, `circuit check` passes on it, and stopping leaves the d
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -17,48 +14,24 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
+from servers import CIRCUIT, ROOT, SERVE_DEMO, embedded_env, running
 
 
 def circuit(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=env,
+    result = subprocess.run([*CIRCUIT, *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def embedded_env(tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["CIRCUIT_DATA_DIR"] = str(tmp_path / "data")
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+@pytest.fixture(name="embedded_env")
+def embedded_env_fixture(tmp_path) -> dict[str, str]:
+    return embedded_env(tmp_path / "data")
 
 
 def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedded_env, tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"],
-        cwd=ROOT, env=embedded_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("circuit serve did not come up")
-
+    with running(SERVE_DEMO, embedded_env, tmp_path / "serve.log") as base:
         # Other processes join the running server instead of starting a second one.
         assert "already present" in circuit("demo", env=embedded_env).stdout
         assert circuit("check", env=embedded_env).stdout.startswith("OK: ")
@@ -85,9 +58,6 @@ def test_serve_demo_and_check_share_one_embedded_server_and_keep_the_data(embedd
                 target.writestr(name, content)
         refused = circuit("audit", "verify", str(altered), "--key", pinned, env=embedded_env, check=False)
         assert refused.returncode == 1 and "record 2 (line 2): content altered" in refused.stdout + refused.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     pgdata = Path(embedded_env["CIRCUIT_DATA_DIR"]) / "pg"
     assert not (pgdata / "postmaster.pid").exists(), "the last process out must stop the server"

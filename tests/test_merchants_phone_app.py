@@ -4,13 +4,8 @@ that films the QR of a voucher this test just issued, driven by Playwright."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pyotp
 import pytest
 import qrcode
@@ -18,10 +13,12 @@ from PIL import Image
 from playwright.async_api import async_playwright, expect
 from sqlalchemy import text
 
+from servers import UVICORN, running
+
 CHROMIUM = "/usr/bin/chromium"
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 FRAMES = 30  # three seconds at 10 fps, played in a loop by Chromium
-PORTS = range(8210, 8300)
+
 
 def write_y4m(payload: str, path: Path) -> None:
     """A few seconds of identical 640x480 I420 frames showing a large QR code of ``payload``."""
@@ -40,49 +37,14 @@ def write_y4m(payload: str, path: Path) -> None:
             out.write(b"FRAME\n" + luma + chroma + chroma)
 
 
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8210-8299")
-
-
 @pytest.fixture(scope="module")
 def server(database_url, tmp_path_factory, receipt_key_file):
     """``circuit``'s app under uvicorn, in its own process, on this module's database."""
-    port = free_port()
     data = tmp_path_factory.mktemp("merchants-e2e-data")
     env = {**os.environ, "DATABASE_URL": database_url, "CIRCUIT_DATA_DIR": str(data),
            "CIRCUIT_RECEIPT_KEY_FILE": receipt_key_file}
-    log = (data / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError((data / "server.log").read_text())
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with running(UVICORN, env, data / "server.log") as base:
+        yield base
 
 
 async def _balance(engine, account_id: int) -> int:

@@ -2,65 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    for port in range(8240, 8280):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8240-8279")
-
-
-def _tour(port: int) -> str:
-    section = (ROOT / "README.md").read_text().split("## Merchants:", 1)[1].split("\n## ", 1)[0]
-    return section.split("```sh\n", 1)[1].split("```", 1)[0].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-
+from servers import ROOT, SERVE_DEMO, embedded_env, readme_block, running
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory, receipt_key_file):
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["CIRCUIT_DATA_DIR"] = str(tmp_path_factory.mktemp("merchants-tour") / "data")
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(server.stdout.read() if server.poll() is not None else "no health in 120 s")
-            time.sleep(0.3)
-        yield port
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    directory = tmp_path_factory.mktemp("merchants-tour")
+    with running(SERVE_DEMO, embedded_env(directory / "data"), directory / "serve.log") as base:
+        yield base
 
 
 def test_the_readme_merchants_tour_runs_as_written(demo_server):
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", _tour(demo_server)], cwd=ROOT, capture_output=True,
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c",
+                          readme_block("Merchants:").replace("http://127.0.0.1:8000", demo_server)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = run.stdout

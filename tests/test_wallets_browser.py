@@ -7,12 +7,8 @@ keeps showing valid codes offline."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
-import socket
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -24,52 +20,20 @@ from PIL import Image
 from sqlalchemy import text
 
 from ledger import rotating_codes
+from servers import CIRCUIT, ROOT, running
 from test_merchants_phone_app import write_y4m
-
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 
 
-def wallet_port() -> int:
-    """A free port in the wallets range (8400-8499)."""
-    for port in range(8400 + os.getpid() % 50, 8500):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 8400-8499")
-
-
 @pytest.fixture
 async def server(database_url, tmp_path):
-    port = wallet_port()
     env = {**os.environ, "DATABASE_URL": database_url, "CIRCUIT_DATA_DIR": str(tmp_path / "data"),
            "PYTHONPATH": str(ROOT)}
-    # Its log goes to a file: an unread pipe fills up and stalls the server.
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with running([*CIRCUIT, "serve"], env, tmp_path / "server.log") as base:
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"circuit serve did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}")
             yield http
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 def decode_qr(png: bytes) -> str:
