@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import os
 import time
-from collections import deque
 from datetime import date, datetime, time as clock_time, timedelta, timezone
 from typing import Annotated
 
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.auth import AuthUser, Role, create_user, requires
 from api.errors import ApiError
+from api.throttle import client_ip, hit
 from audit.chain import set_actor
 from ledger import employers as employer_domain
 from ledger import orders as order_domain
@@ -44,6 +44,7 @@ KEYS_PATH = "/.well-known/circuit-voucher-keys.json"
 BALANCE_PATH = "/public/vouchers/balance"
 PAGE_PREFIX = "/v/"
 BALANCE_REQUESTS_PER_MINUTE = 10
+BALANCE_KEY_PREFIX = "voucher-balance:ip:"
 
 # --- wire shapes --------------------------------------------------------------------------
 
@@ -419,31 +420,6 @@ def _attachment(content: bytes, media_type: str, filename: str) -> Response[byte
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-class _RateLimiter:
-    """At most ``limit`` requests per client address per minute (per process)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.seen: dict[str, deque[float]] = {}
-
-    def check(self, client: str) -> None:
-        now = time.monotonic()
-        window = self.seen.setdefault(client, deque())
-        while window and window[0] <= now - 60:
-            window.popleft()
-        if len(window) >= self.limit:
-            raise ApiError(429, "rate_limited", "Too many balance enquiries from this address; try again in a minute.",
-                           detail_fr="Trop de demandes de solde depuis cette adresse ; réessayez dans une minute.",
-                           retry_after_s=int(60 - (now - window[0])) + 1)
-        window.append(now)
-        if len(self.seen) > 100_000:  # forget idle addresses rather than grow without bound
-            for address in [a for a, w in self.seen.items() if not w or w[-1] <= now - 60]:
-                del self.seen[address]
-
-
-_balance_limiter = _RateLimiter(BALANCE_REQUESTS_PER_MINUTE)
-
-
 # --- operators: issuers, programmes, employers ---------------------------------------------
 
 _OPERATOR = [requires(Role.OPERATOR)]
@@ -774,7 +750,8 @@ async def voucher_keys(db_engine: NamedDependency[AsyncEngine]) -> KeySetOut:
 @post(BALANCE_PATH, exclude_from_auth=True, status_code=200, tags=["vouchers"])
 async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine: NamedDependency[AsyncEngine]) -> BalanceOut:
     """What is left on a voucher and until when: nothing else (not who holds it, not where it was spent)."""
-    _balance_limiter.check(request.client.host if request.client else "unknown")
+    # Counted in the database (api/throttle.py): the limit holds across workers and processes.
+    await hit(db_engine, f"{BALANCE_KEY_PREFIX}{client_ip(request)}", limit=BALANCE_REQUESTS_PER_MINUTE, window_s=60)
     async with db_engine.connect() as conn:
         voucher = await voucher_domain.voucher_for_code(conn, data.code)
         left = await voucher_domain.available_cents(conn, voucher)
