@@ -5,27 +5,40 @@ Every printed voucher is co-branded (the employer's logo, two colours and messag
 (French and the programme's second language), and carries the QR, the typed code, the
 amount, the last valid day and where it is accepted. Rendering is pure (no database) once
 :func:`load_order_batch` / :func:`load_batch` / :func:`load_page` have read what it needs.
+An order's ZIP is rendered once, in a worker process, and kept as a file (:func:`rendered_zip`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import hashlib
 import html
 import io
+import math
+import multiprocessing
+import os
+import time
 import unicodedata
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
 
 import qrcode
+import structlog
 from fpdf import FPDF
 from PIL import Image
 from qrcode.constants import ERROR_CORRECT_Q
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.cobranding import LOGO_PRINT_H_MM, LOGO_PRINT_W_MM, Logo, rgb
+from ledger.database import data_dir
 from ledger.errors import NotFound
 from ledger.orders import format_money, get_logo, get_order
 from ledger.programmes import PARIS, ProgrammeRules, get_rules
@@ -302,12 +315,16 @@ def _pdf_name(voucher: Voucher) -> str:
 def order_zip(batch: Batch) -> bytes:
     """The employer's download: every voucher's PDF, the whole order's PDF, a CSV of codes."""
     out = io.BytesIO()
+    _write_zip(batch, out)
+    return out.getvalue()
+
+
+def _write_zip(batch: Batch, out: BinaryIO) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("codes.csv", codes_csv(batch))
         archive.writestr("all-vouchers.pdf", order_pdf(batch))
         for voucher in batch.vouchers:
             archive.writestr(_pdf_name(voucher), voucher_pdf(batch, voucher))
-    return out.getvalue()
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -439,3 +456,111 @@ def voucher_html(page: Page) -> str:
  <h2 style="font-size:1rem">{fr['history']} · {e(other['history'])}</h2>
  <table id="history">{rows}</table>
 </section></main></body></html>"""
+
+
+# --- the order's ZIP, rendered once, off the request path -------------------------------------
+#
+# About 15 ms a voucher: minutes for a 10,000-voucher order, far too long for a request. The
+# ZIP is rendered once, in a worker process (the server's event loop and its other requests are
+# not slowed by it), into ``$CIRCUIT_DATA_DIR/voucher-zips/``, named after a digest of
+# everything it prints: a revoked voucher's replacement or an extended expiry gives a new
+# name, so a stale file is never served. One PostgreSQL advisory lock per order keeps server
+# processes from rendering the same order twice; it goes with its connection if one dies.
+
+ZIP_DIR_NAME = "voucher-zips"
+ZIP_SECONDS_PER_VOUCHER = 0.015  # measured by bench/issuance.py: how long a client should wait
+_ZIP_LOCK_SQL = "hashtextextended(:lock, 0)"  # :lock is "circuit.voucher-order-zip:<order id>"
+
+log = structlog.get_logger("vouchers")
+_renders: dict[int, asyncio.Task] = {}  # this process's renderings in flight, by order id
+_pool: ProcessPoolExecutor | None = None
+
+
+def zip_dir() -> Path:
+    return data_dir() / ZIP_DIR_NAME
+
+
+def zip_path(batch: Batch) -> Path:
+    """Where the ZIP of this batch, as it is now, is kept."""
+    digest = hashlib.sha256(repr(batch).encode()).hexdigest()[:32]
+    return zip_dir() / f"order-{batch.vouchers[0].order_id}-{digest}.zip"
+
+
+def write_order_zip(batch: Batch, path: str) -> int:
+    """Render the batch's ZIP into ``path`` (readable by this user only: it holds every token
+    and page secret), atomically, and drop the order's older ZIPs. Returns its size."""
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        _write_zip(batch, out)
+    os.replace(partial, target)
+    for older in target.parent.glob(f"order-{batch.vouchers[0].order_id}-*.zip"):
+        if older != target:
+            older.unlink(missing_ok=True)
+    return target.stat().st_size
+
+
+def zip_wait_s(batch: Batch) -> int:
+    """A fair time to wait before asking again for a ZIP being rendered."""
+    return min(60, max(1, math.ceil(len(batch.vouchers) * ZIP_SECONDS_PER_VOUCHER)))
+
+
+def _render_pool() -> ProcessPoolExecutor:
+    global _pool
+    if _pool is None:
+        # spawn: a forked copy of a server with an event loop and database connections is unsafe.
+        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _pool
+
+
+async def _render(engine: AsyncEngine, order_id: int) -> None:
+    global _pool
+    lock = f"circuit.voucher-order-zip:{order_id}"
+    async with engine.connect() as conn:
+        if not await conn.scalar(text(f"SELECT pg_try_advisory_lock({_ZIP_LOCK_SQL})"), {"lock": lock}):
+            return  # another server process is rendering it
+        try:
+            batch = await load_order_batch(conn, order_id)
+            await conn.commit()  # no transaction left open while the worker renders; the lock is the session's
+            path = zip_path(batch)
+            if path.exists():
+                return
+            started = time.perf_counter()
+            try:
+                size = await asyncio.get_running_loop().run_in_executor(_render_pool(), write_order_zip, batch, str(path))
+            except BrokenProcessPool:
+                _pool = None  # the worker died (killed, out of memory): the next request starts a new one
+                raise
+            log.info("voucher_zip_rendered", order_id=order_id, vouchers=len(batch.vouchers), bytes=size,
+                     seconds=round(time.perf_counter() - started, 2))
+        finally:
+            await conn.execute(text(f"SELECT pg_advisory_unlock({_ZIP_LOCK_SQL})"), {"lock": lock})
+            await conn.commit()
+
+
+def start_rendering(engine: AsyncEngine, order_id: int) -> None:
+    """Render the order's ZIP in the background, unless this process is already at it."""
+    if order_id in _renders:
+        return
+    task = asyncio.get_running_loop().create_task(_render(engine, order_id))
+    _renders[order_id] = task
+
+    def finished(done: asyncio.Task) -> None:
+        _renders.pop(order_id, None)
+        if not done.cancelled() and done.exception() is not None:
+            log.error("voucher_zip_failed", order_id=order_id, error=repr(done.exception()))
+
+    task.add_done_callback(finished)
+
+
+async def rendered_zip(engine: AsyncEngine, order_id: int) -> tuple[Path | None, int]:
+    """The order's ZIP if rendered for the order as it is now (else None, having started its
+    rendering), and how long to wait before asking again. ``order_not_issued`` before issue."""
+    async with engine.connect() as conn:
+        batch = await load_order_batch(conn, order_id)
+    path = zip_path(batch)
+    if path.exists():
+        return path, 0
+    start_rendering(engine, order_id)
+    return None, zip_wait_s(batch)

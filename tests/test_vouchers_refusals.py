@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+pytestmark = pytest.mark.usefixtures("voucher_zip_dir")  # issuing starts rendering the ZIP
+
 SIREN = "732829320"
 SIRET = "73282932000074"
 OTHER_SIRET = "35600000000048"

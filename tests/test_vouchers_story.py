@@ -14,9 +14,11 @@ import zxingcpp
 from PIL import Image
 from sqlalchemy import text
 
-from fixtures_vouchers import audit_events
+from fixtures_vouchers import audit_events, download_order_zip
 from ledger.check import check_ledger
 from ledger.tokens import verify_token
+
+pytestmark = pytest.mark.usefixtures("voucher_zip_dir")
 
 STAFF = 50
 SIREN = "732829320"
@@ -144,8 +146,8 @@ async def test_employer_order_issues_co_branded_vouchers_that_scan(client, opera
                      "Merci pour cette belle année !", "Valable jusqu'au", "Valid until", "supermarket"):
         assert expected in page_text, expected
 
-    bundle = await client.get(f"/voucher-orders/{order_id}/vouchers.zip", headers=employer)
-    assert bundle.status_code == 200
+    bundle = await download_order_zip(client, order_id, employer)
+    assert bundle.status_code == 200, bundle.text
     archive = zipfile.ZipFile(io.BytesIO(bundle.content))
     names = archive.namelist()
     assert "codes.csv" in names and "all-vouchers.pdf" in names

@@ -13,14 +13,17 @@ import hashlib
 import hmac
 import os
 import time
+from collections.abc import AsyncIterator
 from datetime import date, datetime, time as clock_time, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -322,6 +325,11 @@ class PublicKeyOut(msgspec.Struct):
 class KeySetOut(msgspec.Struct):
     format: str
     keys: list[PublicKeyOut]
+
+
+class ZipPendingOut(msgspec.Struct):
+    status: str  # "rendering"
+    retry_after_s: int
 
 
 class BalanceOut(msgspec.Struct):
@@ -641,20 +649,40 @@ class OrdersController(Controller):
         content = await asyncio.to_thread(voucher_print.order_pdf, batch)
         return _attachment(content, "application/pdf", f"order-{order_id}-vouchers.pdf")
 
-    @get("/{order_id:int}/vouchers.zip")
-    async def order_zip(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+    @get("/{order_id:int}/vouchers.zip", media_type="application/zip", responses={
+        202: ResponseSpec(ZipPendingOut, description="Being rendered: ask again after Retry-After seconds.")})
+    async def order_zip(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response:
+        """Every voucher's PDF, the whole order's PDF and a CSV of codes. Rendered once, off the
+        request (docs/vouchers.md): 202 with Retry-After until it is ready, then the file."""
         async with db_engine.connect() as conn:
             await _order_for(conn, request.user, order_id)
-            batch = await voucher_print.load_order_batch(conn, order_id)
-        content = await asyncio.to_thread(voucher_print.order_zip, batch)
-        return _attachment(content, "application/zip", f"order-{order_id}-vouchers.zip")
+        path, wait_s = await voucher_print.rendered_zip(db_engine, order_id)
+        try:
+            # Opened now: should a newer rendering replace the file, this download still completes.
+            handle = path.open("rb") if path is not None else None
+        except FileNotFoundError:
+            handle, wait_s = None, 1  # just replaced by a newer rendering: it is there now
+        if handle is None:
+            return Response(ZipPendingOut("rendering", wait_s), status_code=202, media_type="application/json",
+                            headers={"Retry-After": str(wait_s)})
+        return Stream(_chunks(handle), media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="order-{order_id}-vouchers.zip"',
+            "Content-Length": str(os.fstat(handle.fileno()).st_size)})
+
+
+async def _chunks(handle: BinaryIO, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with handle:
+        while chunk := await asyncio.to_thread(handle.read, size):
+            yield chunk
 
 
 async def _issue_order(db_engine: AsyncEngine, user: AuthUser, order_id: int) -> OrderOut:
     async with db_engine.begin() as conn:
         await _begin(conn, user)
         order, _ = await order_domain.issue(conn, order_id, actor=_actor(user))
-        return await _order_out(conn, order)
+        issued = await _order_out(conn, order)
+    voucher_print.start_rendering(db_engine, order_id)  # the employer's ZIP, ready by the time it is asked for
+    return issued
 
 
 async def _balances(conn: AsyncConnection, vouchers: list[voucher_domain.Voucher]) -> dict[int, int]:
@@ -833,4 +861,6 @@ async def payment_webhook(request: Request, db_engine: NamedDependency[AsyncEngi
     async with db_engine.begin() as conn:
         await set_actor(conn, "webhook:payments")
         order, _ = await order_domain.issue(conn, payment.order_id, actor="webhook:payments")
-        return await _order_out(conn, order)
+        issued = await _order_out(conn, order)
+    voucher_print.start_rendering(db_engine, payment.order_id)
+    return issued
