@@ -173,7 +173,9 @@ class ProgrammeAccountsOut(msgspec.Struct):
     breakage: int | None
 
 
-class ProgrammeOut(msgspec.Struct):
+class ProgrammeRulesOut(msgspec.Struct):
+    """A programme as employers read it: its rules, none of the scheme's internal ledger ids."""
+
     id: int
     issuer_id: int
     kind: str
@@ -191,6 +193,11 @@ class ProgrammeOut(msgspec.Struct):
     second_language: str
     texts: dict[str, dict[str, str]]
     purchase_fee_bp: int
+
+
+class ProgrammeOut(ProgrammeRulesOut):
+    """A programme as operators read it: its rules and its ledger accounts."""
+
     accounts: ProgrammeAccountsOut
 
 
@@ -352,6 +359,14 @@ async def _begin(conn: AsyncConnection, user: AuthUser) -> None:
 
 def _programme_out(rules: ProgrammeRules) -> ProgrammeOut:
     return ProgrammeOut(
+        **msgspec.structs.asdict(_programme_rules_out(rules)),
+        accounts=ProgrammeAccountsOut(rules.float_account_id, rules.reserve_account_id, rules.bank_account_id,
+                                      rules.breakage_account_id),
+    )
+
+
+def _programme_rules_out(rules: ProgrammeRules) -> ProgrammeRulesOut:
+    return ProgrammeRulesOut(
         id=rules.id, issuer_id=rules.issuer_id, kind=rules.kind, name=rules.name, unit=rules.unit,
         face_value_min_cents=rules.face_value_min_cents, face_value_max_cents=rules.face_value_max_cents,
         validity_months=rules.validity_months, valid_until=rules.valid_until,
@@ -360,9 +375,12 @@ def _programme_out(rules: ProgrammeRules) -> ProgrammeOut:
         categories_excluded=list(rules.categories_excluded), merchants_allowed=list(rules.merchants_allowed),
         merchants_denied=list(rules.merchants_denied), second_language=rules.second_language, texts=rules.texts,
         purchase_fee_bp=rules.purchase_fee_bp,
-        accounts=ProgrammeAccountsOut(rules.float_account_id, rules.reserve_account_id, rules.bank_account_id,
-                                      rules.breakage_account_id),
     )
+
+
+def _programme_for(user: AuthUser, rules: ProgrammeRules) -> ProgrammeOut | ProgrammeRulesOut:
+    """Operators see a programme's ledger accounts; employers only what they need to order."""
+    return _programme_out(rules) if user.role == Role.OPERATOR else _programme_rules_out(rules)
 
 
 def _texts(texts: dict[str, Texts]) -> dict[str, dict[str, str]]:
@@ -458,14 +476,18 @@ class ProgrammesController(Controller):
         return _programme_out(created)
 
     @get("/programmes", guards=_READERS)
-    async def list_programmes(self, db_engine: NamedDependency[AsyncEngine]) -> list[ProgrammeOut]:
+    async def list_programmes(self, request: Request,
+                              db_engine: NamedDependency[AsyncEngine]) -> list[ProgrammeOut | ProgrammeRulesOut]:
+        """Operators get each programme's ledger accounts; employers the rules alone."""
         async with db_engine.connect() as conn:
-            return [_programme_out(r) for r in await programme_domain.list_rules(conn)]
+            return [_programme_for(request.user, r) for r in await programme_domain.list_rules(conn)]
 
     @get("/programmes/{programme_id:int}", guards=_READERS)
-    async def programme(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut:
+    async def programme(self, request: Request, programme_id: FromPath[int],
+                        db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut | ProgrammeRulesOut:
+        """Operators get the programme's ledger accounts; employers the rules alone."""
         async with db_engine.connect() as conn:
-            return _programme_out(await programme_domain.get_rules(conn, programme_id))
+            return _programme_for(request.user, await programme_domain.get_rules(conn, programme_id))
 
     @patch("/programmes/{programme_id:int}", guards=_OPERATOR)
     async def change_programme(self, request: Request, programme_id: FromPath[int], data: JSONBody[ProgrammeChange],
