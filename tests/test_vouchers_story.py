@@ -157,3 +157,18 @@ async def test_employer_order_issues_co_branded_vouchers_that_scan(client, opera
     single = pypdfium2.PdfDocument(archive.read(f"vouchers/{first['id']}-{first['code'].replace('-', '')}.pdf"))
     (single_token,) = _decode_qr(single[0].render(scale=200 / 72).to_pil())
     assert verify_token(single_token, keys).voucher_id == first["id"]
+
+
+async def test_the_openapi_schema_describes_the_csv_and_logo_uploads(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    csv_body = schema["paths"]["/voucher-orders/{order_id}/lines.csv"]["put"]["requestBody"]
+    logo_body = schema["paths"]["/voucher-orders/{order_id}/logo"]["put"]["requestBody"]
+    assert csv_body["required"] and logo_body["required"]
+    assert set(csv_body["content"]) == {"text/csv"}
+    assert set(logo_body["content"]) == {"image/png", "image/jpeg", "image/svg+xml"}
+    for body, max_bytes in ((csv_body, 4 * 1024 * 1024), (logo_body, 512 * 1024)):
+        for media in body["content"].values():
+            assert media["schema"] == {"type": "string", "format": "binary", "maxLength": max_bytes}
+    assert "Windows-1252" in csv_body["description"] and "512 KB" in logo_body["description"]
+    zip_answers = schema["paths"]["/voucher-orders/{order_id}/vouchers.zip"]["get"]["responses"]
+    assert "application/zip" in zip_answers["200"]["content"] and "202" in zip_answers

@@ -22,6 +22,7 @@ import structlog
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from sqlalchemy import text
@@ -36,8 +37,8 @@ from ledger import orders as order_domain
 from ledger import programmes as programme_domain
 from ledger import vouchers as voucher_domain
 from ledger import voucher_print
-from ledger.cobranding import check_logo
-from ledger.order_lines import check_lines, parse_csv
+from ledger.cobranding import LOGO_BYTES_MAX, check_logo
+from ledger.order_lines import CSV_BYTES_MAX, check_lines, parse_csv
 from ledger.programmes import PARIS, ProgrammeRules
 from ledger.tokens import format_code
 
@@ -441,6 +442,29 @@ async def _lines_from_json(conn: AsyncConnection, order: order_domain.Order, lin
     )
 
 
+def _raw_body(description: str, media_types: tuple[str, ...], max_bytes: int) -> type[Operation]:
+    """An OpenAPI operation whose request body is a file sent as is: Litestar documents only the
+    bodies it parses itself, and these handlers read the raw bytes (``request.body()``)."""
+    body = RequestBody(required=True, description=f"{description} At most {max_bytes // 1024} KB.", content={
+        media_type: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format="binary", max_length=max_bytes))
+        for media_type in media_types})
+
+    @dataclasses.dataclass
+    class RawBodyOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return RawBodyOperation
+
+
+_CSV_BODY = _raw_body(
+    "The order's lines as a spreadsheet export: UTF-8 or Windows-1252, separated by commas, semicolons "
+    "or tabs; columns nom/name, montant/amount and optionally courriel/email (docs/vouchers.md).",
+    ("text/csv",), CSV_BYTES_MAX)
+_LOGO_BODY = _raw_body("The employer's logo, recognised by its content (not by the Content-Type).",
+                       ("image/png", "image/jpeg", "image/svg+xml"), LOGO_BYTES_MAX)
+
+
 def _attachment(content: bytes, media_type: str, filename: str) -> Response[bytes]:
     return Response(content, media_type=media_type,
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
@@ -601,7 +625,7 @@ class OrdersController(Controller):
             await order_domain.replace_lines(conn, order_id, lines, actor=_actor(request.user))
             return await _order_out(conn, order)
 
-    @put("/{order_id:int}/lines.csv")
+    @put("/{order_id:int}/lines.csv", operation_class=_CSV_BODY)
     async def upload_lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Send the CSV as the raw request body (``Content-Type: text/csv``)."""
         body = await request.body()
@@ -613,7 +637,7 @@ class OrdersController(Controller):
             await order_domain.replace_lines(conn, order_id, lines, actor=_actor(request.user))
             return await _order_out(conn, order)
 
-    @put("/{order_id:int}/logo")
+    @put("/{order_id:int}/logo", operation_class=_LOGO_BODY)
     async def upload_logo(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Send the PNG, JPEG or SVG file as the raw request body."""
         logo = check_logo(await request.body())
