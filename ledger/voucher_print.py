@@ -278,13 +278,21 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
 
 def order_pdf(batch: Batch) -> bytes:
     """Every voucher of the batch on A4 sheets, three to a page, with cut lines."""
-    pdf = _new_pdf(f"{batch.programme.name} – {len(batch.vouchers)} vouchers")
+    pdf = _order_pdf_start(batch)
     for index, voucher in enumerate(batch.vouchers):
-        slot = index % CARDS_PER_PAGE
-        if slot == 0:
-            pdf.add_page()
-        _card(pdf, batch, voucher, MARGIN_MM, MARGIN_MM + slot * (CARD_H_MM + 4))
+        _order_pdf_add(pdf, batch, index, voucher)
     return bytes(pdf.output())
+
+
+def _order_pdf_start(batch: Batch) -> FPDF:
+    return _new_pdf(f"{batch.programme.name} – {len(batch.vouchers)} vouchers")
+
+
+def _order_pdf_add(pdf: FPDF, batch: Batch, index: int, voucher: Voucher) -> None:
+    slot = index % CARDS_PER_PAGE
+    if slot == 0:
+        pdf.add_page()
+    _card(pdf, batch, voucher, MARGIN_MM, MARGIN_MM + slot * (CARD_H_MM + 4))
 
 
 def voucher_pdf(batch: Batch, voucher: Voucher) -> bytes:
@@ -322,9 +330,13 @@ def order_zip(batch: Batch) -> bytes:
 def _write_zip(batch: Batch, out: BinaryIO) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("codes.csv", codes_csv(batch))
-        archive.writestr("all-vouchers.pdf", order_pdf(batch))
-        for voucher in batch.vouchers:
+        # Each voucher's card goes on the order's sheets and in its own PDF in one step: its QR
+        # (the costly part) is computed once, even for an order larger than the QR cache.
+        whole = _order_pdf_start(batch)
+        for index, voucher in enumerate(batch.vouchers):
+            _order_pdf_add(whole, batch, index, voucher)
             archive.writestr(_pdf_name(voucher), voucher_pdf(batch, voucher))
+        archive.writestr("all-vouchers.pdf", bytes(whole.output()))
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -460,7 +472,7 @@ def voucher_html(page: Page) -> str:
 
 # --- the order's ZIP, rendered once, off the request path -------------------------------------
 #
-# About 15 ms a voucher: minutes for a 10,000-voucher order, far too long for a request. The
+# 15 to 30 ms a voucher (bench/issuance.py): minutes for a 10,000-voucher order, far too long for a request. The
 # ZIP is rendered once, in a worker process (the server's event loop and its other requests are
 # not slowed by it), into ``$CIRCUIT_DATA_DIR/voucher-zips/``, named after a digest of
 # everything it prints: a revoked voucher's replacement or an extended expiry gives a new
@@ -468,7 +480,7 @@ def voucher_html(page: Page) -> str:
 # processes from rendering the same order twice; it goes with its connection if one dies.
 
 ZIP_DIR_NAME = "voucher-zips"
-ZIP_SECONDS_PER_VOUCHER = 0.015  # measured by bench/issuance.py: how long a client should wait
+ZIP_SECONDS_PER_VOUCHER = 0.03  # bench/issuance.py: 15 to 30 ms a voucher, by the machine's load
 _ZIP_LOCK_SQL = "hashtextextended(:lock, 0)"  # :lock is "circuit.voucher-order-zip:<order id>"
 
 log = structlog.get_logger("vouchers")
