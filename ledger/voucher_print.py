@@ -16,13 +16,12 @@ import hashlib
 import html
 import io
 import math
-import multiprocessing
 import os
+import pickle
+import sys
 import time
 import unicodedata
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -472,12 +471,13 @@ def voucher_html(page: Page) -> str:
 
 # --- the order's ZIP, rendered once, off the request path -------------------------------------
 #
-# 15 to 30 ms a voucher (bench/issuance.py): minutes for a 10,000-voucher order, far too long for a request. The
-# ZIP is rendered once, in a worker process (the server's event loop and its other requests are
-# not slowed by it), into ``$CIRCUIT_DATA_DIR/voucher-zips/``, named after a digest of
-# everything it prints: a revoked voucher's replacement or an extended expiry gives a new
-# name, so a stale file is never served. One PostgreSQL advisory lock per order keeps server
-# processes from rendering the same order twice; it goes with its connection if one dies.
+# 15 to 30 ms a voucher (bench/issuance.py): minutes for a 10,000-voucher order, far too long
+# for a request. The ZIP is rendered once, in a worker process (neither the server's event loop
+# nor its other requests wait on it or on its hold of the GIL), into
+# ``$CIRCUIT_DATA_DIR/voucher-zips/``, named after a digest of everything it prints: a revoked
+# voucher's replacement or an extended expiry gives a new name, so a stale file is never
+# served. One PostgreSQL advisory lock per order keeps server processes from rendering the
+# same order twice; it goes with its connection if one dies.
 
 ZIP_DIR_NAME = "voucher-zips"
 ZIP_SECONDS_PER_VOUCHER = 0.03  # bench/issuance.py: 15 to 30 ms a voucher, by the machine's load
@@ -485,7 +485,6 @@ _ZIP_LOCK_SQL = "hashtextextended(:lock, 0)"  # :lock is "circuit.voucher-order-
 
 log = structlog.get_logger("vouchers")
 _renders: dict[int, asyncio.Task] = {}  # this process's renderings in flight, by order id
-_pool: ProcessPoolExecutor | None = None
 
 
 def zip_dir() -> Path:
@@ -518,16 +517,35 @@ def zip_wait_s(batch: Batch) -> int:
     return min(60, max(1, math.ceil(len(batch.vouchers) * ZIP_SECONDS_PER_VOUCHER)))
 
 
-def _render_pool() -> ProcessPoolExecutor:
-    global _pool
-    if _pool is None:
-        # spawn: a forked copy of a server with an event loop and database connections is unsafe.
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    return _pool
+# The worker: a fresh Python process that unpickles the batch and writes the ZIP. A process
+# per rendering, not a pool: a server stopping kills it (a pool's atexit would wait minutes for
+# the rendering to end), and the next request starts it again.
+_WORKER = (
+    "import pickle, sys\n"
+    "sys.path[:0] = pickle.load(sys.stdin.buffer)\n"
+    "from ledger.voucher_print import write_order_zip\n"
+    "print(write_order_zip(*pickle.load(sys.stdin.buffer)))\n"
+)
+_one_worker = asyncio.Semaphore(1)  # one rendering at a time per server process: it takes a whole core
+
+
+async def _render_in_worker(batch: Batch, path: Path) -> int:
+    async with _one_worker:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await worker.communicate(pickle.dumps(sys.path) + pickle.dumps((batch, str(path))))
+        finally:
+            if worker.returncode is None:  # cancelled: the server is stopping
+                worker.kill()
+                await worker.wait()
+        if worker.returncode != 0:
+            raise RuntimeError(f"the ZIP worker exited with {worker.returncode}: {err.decode(errors='replace')[-2000:]}")
+        return int(out)
 
 
 async def _render(engine: AsyncEngine, order_id: int) -> None:
-    global _pool
     lock = f"circuit.voucher-order-zip:{order_id}"
     async with engine.connect() as conn:
         if not await conn.scalar(text(f"SELECT pg_try_advisory_lock({_ZIP_LOCK_SQL})"), {"lock": lock}):
@@ -539,11 +557,7 @@ async def _render(engine: AsyncEngine, order_id: int) -> None:
             if path.exists():
                 return
             started = time.perf_counter()
-            try:
-                size = await asyncio.get_running_loop().run_in_executor(_render_pool(), write_order_zip, batch, str(path))
-            except BrokenProcessPool:
-                _pool = None  # the worker died (killed, out of memory): the next request starts a new one
-                raise
+            size = await _render_in_worker(batch, path)
             log.info("voucher_zip_rendered", order_id=order_id, vouchers=len(batch.vouchers), bytes=size,
                      seconds=round(time.perf_counter() - started, 2))
         finally:
@@ -576,3 +590,8 @@ async def rendered_zip(engine: AsyncEngine, order_id: int) -> tuple[Path | None,
         return path, 0
     start_rendering(engine, order_id)
     return None, zip_wait_s(batch)
+
+
+async def renders_finished() -> None:
+    """Wait for this process's renderings in flight to end (however they end)."""
+    await asyncio.gather(*_renders.values(), return_exceptions=True)

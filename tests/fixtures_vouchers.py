@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,12 +56,14 @@ async def audit_events(conn: AsyncConnection, event_type: str) -> list[dict[str,
     return list(rows)
 
 
-@pytest.fixture
-def voucher_zip_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Order ZIPs rendered during the test go to its own directory, not the user's data directory."""
+@pytest_asyncio.fixture
+async def voucher_zip_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
+    """Order ZIPs rendered during the test go to its own directory, not the user's data
+    directory; the test ends once the renderings it started (issuing starts one) have."""
     directory = tmp_path / "voucher-zips"
     monkeypatch.setattr(voucher_print, "zip_dir", lambda: directory)
-    return directory
+    yield directory
+    await voucher_print.renders_finished()
 
 
 async def download_order_zip(client: httpx.AsyncClient, order_id: int, headers: dict[str, str],
