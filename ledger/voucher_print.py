@@ -502,11 +502,14 @@ def write_order_zip(batch: Batch, path: str) -> int:
     and page secret), atomically, and drop the order's older ZIPs. Returns its size."""
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    order_id = batch.vouchers[0].order_id
+    for abandoned in target.parent.glob(f".order-{order_id}-*.part"):  # a worker killed mid-way (the lock is ours)
+        abandoned.unlink(missing_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         _write_zip(batch, out)
     os.replace(partial, target)
-    for older in target.parent.glob(f"order-{batch.vouchers[0].order_id}-*.zip"):
+    for older in target.parent.glob(f"order-{order_id}-*.zip"):
         if older != target:
             older.unlink(missing_ok=True)
     return target.stat().st_size

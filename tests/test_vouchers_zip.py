@@ -96,12 +96,15 @@ async def test_a_revoked_voucher_gives_a_new_zip_with_its_replacement(client, op
     await _pay(client, operator, order_id, total)
     before = await download_order_zip(client, order_id, scheme["employer"])
     lost = (await client.get(f"/voucher-orders/{order_id}/vouchers", headers=scheme["employer"])).json()[0]
+    abandoned = voucher_zip_dir / f".order-{order_id}-0123abcd.zip.4242.part"  # a worker killed mid-way
+    abandoned.write_bytes(b"PK half a zip")
     revoked = await client.post(f"/vouchers/{lost['id']}/revoke", headers=operator, json={"reason": "lost"})
     replacement = revoked.json()["replacement"]["code"]
     after = await download_order_zip(client, order_id, scheme["employer"])
     assert after.status_code == 200
     assert lost["code"] in _codes(before) and lost["code"] not in _codes(after) and replacement in _codes(after)
     assert len(list(voucher_zip_dir.glob(f"order-{order_id}-*.zip"))) == 1, "the stale ZIP is gone"
+    assert not abandoned.exists()
 
 
 async def test_no_zip_before_issue_nor_for_another_employer(client, operator, scheme):
