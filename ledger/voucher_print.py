@@ -319,14 +319,8 @@ def _pdf_name(voucher: Voucher) -> str:
     return f"vouchers/{voucher.id}-{voucher.code}.pdf"
 
 
-def order_zip(batch: Batch) -> bytes:
-    """The employer's download: every voucher's PDF, the whole order's PDF, a CSV of codes."""
-    out = io.BytesIO()
-    _write_zip(batch, out)
-    return out.getvalue()
-
-
 def _write_zip(batch: Batch, out: BinaryIO) -> None:
+    """The employer's download: every voucher's PDF, the whole order's PDF, a CSV of codes."""
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("codes.csv", codes_csv(batch))
         # Each voucher's card goes on the order's sheets and in its own PDF in one step: its QR
@@ -533,24 +527,24 @@ _one_worker = asyncio.Semaphore(1)  # one rendering at a time per server process
 
 
 async def _render_in_worker(batch: Batch, path: Path) -> int:
-    async with _one_worker:
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await worker.communicate(pickle.dumps(sys.path) + pickle.dumps((batch, str(path))))
-        finally:
-            if worker.returncode is None:  # cancelled: the server is stopping
-                worker.kill()
-                await worker.wait()
-        if worker.returncode != 0:
-            raise RuntimeError(f"the ZIP worker exited with {worker.returncode}: {err.decode(errors='replace')[-2000:]}")
-        return int(out)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await worker.communicate(pickle.dumps(sys.path) + pickle.dumps((batch, str(path))))
+    finally:
+        if worker.returncode is None:  # cancelled: the server is stopping
+            worker.kill()
+            await worker.wait()
+    if worker.returncode != 0:
+        raise RuntimeError(f"the ZIP worker exited with {worker.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return int(out)
 
 
 async def _render(engine: AsyncEngine, order_id: int) -> None:
     lock = f"circuit.voucher-order-zip:{order_id}"
-    async with engine.connect() as conn:
+    # Waiting for its turn holds no connection and no lock: another process may render it meanwhile.
+    async with _one_worker, engine.connect() as conn:
         if not await conn.scalar(text(f"SELECT pg_try_advisory_lock({_ZIP_LOCK_SQL})"), {"lock": lock}):
             return  # another server process is rendering it
         try:
