@@ -8,13 +8,16 @@ paid order of 10,000 lines (not timed), then times:
   codes and voucher rows, the issuance audit events, the order's transition;
 - ``pdf_s``: 1,000 single-voucher PDFs (A4, co-branded with a PNG logo, QR drawn as vectors),
   one after the other in this process, as the ZIP for an employer is built;
+- ``zip_s``: the employer's ZIP of those 1,000 vouchers (every voucher's PDF, the order's PDF,
+  the CSV of codes) written to ``$CIRCUIT_DATA_DIR/voucher-zips/`` by
+  ``voucher_print.write_order_zip``, what the server's worker process runs once per issued order;
 - also, for information: how long the audit chain takes to seal the events (it does so off
   the writers' path), and the whole order's PDF for the same 1,000 vouchers (three per page).
 
 Targets (issue 4): issue ≤ 10 s, 1,000 PDFs ≤ 30 s.
 
 Run: .venv/bin/python bench/issuance.py [--lines 10000] [--pdfs 1000]
-Last line: {"bench": "issuance", "vouchers": 10000, "issue_s": ..., "pdfs": 1000, "pdf_s": ...}
+Last line: {"bench": "issuance", "vouchers": 10000, "issue_s": ..., "pdfs": 1000, "pdf_s": ..., "zip_s": ...}
 """
 
 from __future__ import annotations
@@ -113,11 +116,19 @@ async def main(lines_count: int, pdf_count: int) -> dict:
         order_pdf_s = time.perf_counter() - started
         print(f"rendered the order PDF of {len(batch.vouchers)} vouchers in {order_pdf_s:.2f} s "
               f"({len(whole) / 1024 / 1024:.1f} MiB)", flush=True)
+        # The ZIP starts with cold QR caches, as in the server's worker process.
+        voucher_print.qr_image.cache_clear()
+        started = time.perf_counter()
+        zip_bytes = voucher_print.write_order_zip(batch, str(voucher_print.zip_path(batch)))
+        zip_s = time.perf_counter() - started
+        print(f"wrote the employer's ZIP of {len(batch.vouchers)} vouchers in {zip_s:.2f} s "
+              f"({zip_bytes / 1024 / 1024:.1f} MiB)", flush=True)
         await engine.dispose()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return {"bench": "issuance", "vouchers": lines_count, "issue_s": round(issue_s, 3), "pdfs": len(sizes),
-            "pdf_s": round(pdf_s, 3), "order_pdf_s": round(order_pdf_s, 3), "seal_s": round(seal_s, 3)}
+            "pdf_s": round(pdf_s, 3), "zip_s": round(zip_s, 3), "zip_mib": round(zip_bytes / 1024 / 1024, 1),
+            "order_pdf_s": round(order_pdf_s, 3), "seal_s": round(seal_s, 3)}
 
 
 if __name__ == "__main__":

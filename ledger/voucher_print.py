@@ -5,27 +5,39 @@ Every printed voucher is co-branded (the employer's logo, two colours and messag
 (French and the programme's second language), and carries the QR, the typed code, the
 amount, the last valid day and where it is accepted. Rendering is pure (no database) once
 :func:`load_order_batch` / :func:`load_batch` / :func:`load_page` have read what it needs.
+An order's ZIP is rendered once, in a worker process, and kept as a file (:func:`rendered_zip`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import hashlib
 import html
 import io
+import math
+import os
+import pickle
+import sys
+import time
 import unicodedata
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
 
 import qrcode
+import structlog
 from fpdf import FPDF
 from PIL import Image
 from qrcode.constants import ERROR_CORRECT_Q
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.cobranding import LOGO_PRINT_H_MM, LOGO_PRINT_W_MM, Logo, rgb
+from ledger.database import data_dir
 from ledger.errors import NotFound
 from ledger.orders import format_money, get_logo, get_order
 from ledger.programmes import PARIS, ProgrammeRules, get_rules
@@ -265,13 +277,21 @@ def _card(pdf: FPDF, batch: Batch, voucher: Voucher, x: float, y: float) -> None
 
 def order_pdf(batch: Batch) -> bytes:
     """Every voucher of the batch on A4 sheets, three to a page, with cut lines."""
-    pdf = _new_pdf(f"{batch.programme.name} – {len(batch.vouchers)} vouchers")
+    pdf = _order_pdf_start(batch)
     for index, voucher in enumerate(batch.vouchers):
-        slot = index % CARDS_PER_PAGE
-        if slot == 0:
-            pdf.add_page()
-        _card(pdf, batch, voucher, MARGIN_MM, MARGIN_MM + slot * (CARD_H_MM + 4))
+        _order_pdf_add(pdf, batch, index, voucher)
     return bytes(pdf.output())
+
+
+def _order_pdf_start(batch: Batch) -> FPDF:
+    return _new_pdf(f"{batch.programme.name} – {len(batch.vouchers)} vouchers")
+
+
+def _order_pdf_add(pdf: FPDF, batch: Batch, index: int, voucher: Voucher) -> None:
+    slot = index % CARDS_PER_PAGE
+    if slot == 0:
+        pdf.add_page()
+    _card(pdf, batch, voucher, MARGIN_MM, MARGIN_MM + slot * (CARD_H_MM + 4))
 
 
 def voucher_pdf(batch: Batch, voucher: Voucher) -> bytes:
@@ -299,15 +319,17 @@ def _pdf_name(voucher: Voucher) -> str:
     return f"vouchers/{voucher.id}-{voucher.code}.pdf"
 
 
-def order_zip(batch: Batch) -> bytes:
+def _write_zip(batch: Batch, out: BinaryIO) -> None:
     """The employer's download: every voucher's PDF, the whole order's PDF, a CSV of codes."""
-    out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("codes.csv", codes_csv(batch))
-        archive.writestr("all-vouchers.pdf", order_pdf(batch))
-        for voucher in batch.vouchers:
+        # Each voucher's card goes on the order's sheets and in its own PDF in one step: its QR
+        # (the costly part) is computed once, even for an order larger than the QR cache.
+        whole = _order_pdf_start(batch)
+        for index, voucher in enumerate(batch.vouchers):
+            _order_pdf_add(whole, batch, index, voucher)
             archive.writestr(_pdf_name(voucher), voucher_pdf(batch, voucher))
-    return out.getvalue()
+        archive.writestr("all-vouchers.pdf", bytes(whole.output()))
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -439,3 +461,134 @@ def voucher_html(page: Page) -> str:
  <h2 style="font-size:1rem">{fr['history']} · {e(other['history'])}</h2>
  <table id="history">{rows}</table>
 </section></main></body></html>"""
+
+
+# --- the order's ZIP, rendered once, off the request path -------------------------------------
+#
+# 15 to 30 ms a voucher (bench/issuance.py): minutes for a 10,000-voucher order, far too long
+# for a request. The ZIP is rendered once, in a worker process (neither the server's event loop
+# nor its other requests wait on it or on its hold of the GIL), into
+# ``$CIRCUIT_DATA_DIR/voucher-zips/``, named after a digest of everything it prints: a revoked
+# voucher's replacement or an extended expiry gives a new name, so a stale file is never
+# served. One PostgreSQL advisory lock per order keeps server processes from rendering the
+# same order twice; it goes with its connection if one dies.
+
+ZIP_DIR_NAME = "voucher-zips"
+ZIP_SECONDS_PER_VOUCHER = 0.03  # bench/issuance.py: 15 to 30 ms a voucher, by the machine's load
+_ZIP_LOCK_SQL = "hashtextextended(:lock, 0)"  # :lock is "circuit.voucher-order-zip:<order id>"
+
+log = structlog.get_logger("vouchers")
+_renders: dict[int, asyncio.Task] = {}  # this process's renderings in flight, by order id
+
+
+def zip_dir() -> Path:
+    return data_dir() / ZIP_DIR_NAME
+
+
+def zip_path(batch: Batch) -> Path:
+    """Where the ZIP of this batch, as it is now, is kept."""
+    digest = hashlib.sha256(repr(batch).encode()).hexdigest()[:32]
+    return zip_dir() / f"order-{batch.vouchers[0].order_id}-{digest}.zip"
+
+
+def write_order_zip(batch: Batch, path: str) -> int:
+    """Render the batch's ZIP into ``path`` (readable by this user only: it holds every token
+    and page secret), atomically, and drop the order's older ZIPs. Returns its size."""
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    order_id = batch.vouchers[0].order_id
+    for abandoned in target.parent.glob(f".order-{order_id}-*.part"):  # a worker killed mid-way (the lock is ours)
+        abandoned.unlink(missing_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        _write_zip(batch, out)
+    os.replace(partial, target)
+    for older in target.parent.glob(f"order-{order_id}-*.zip"):
+        if older != target:
+            older.unlink(missing_ok=True)
+    return target.stat().st_size
+
+
+def zip_wait_s(batch: Batch) -> int:
+    """A fair time to wait before asking again for a ZIP being rendered."""
+    return min(60, max(1, math.ceil(len(batch.vouchers) * ZIP_SECONDS_PER_VOUCHER)))
+
+
+# The worker: a fresh Python process that unpickles the batch and writes the ZIP. A process
+# per rendering, not a pool: a server stopping kills it (a pool's atexit would wait minutes for
+# the rendering to end), and the next request starts it again.
+_WORKER = (
+    "import pickle, sys\n"
+    "sys.path[:0] = pickle.load(sys.stdin.buffer)\n"
+    "from ledger.voucher_print import write_order_zip\n"
+    "print(write_order_zip(*pickle.load(sys.stdin.buffer)))\n"
+)
+_one_worker = asyncio.Semaphore(1)  # one rendering at a time per server process: it takes a whole core
+
+
+async def _render_in_worker(batch: Batch, path: Path) -> int:
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await worker.communicate(pickle.dumps(sys.path) + pickle.dumps((batch, str(path))))
+    finally:
+        if worker.returncode is None:  # cancelled: the server is stopping
+            worker.kill()
+            await worker.wait()
+    if worker.returncode != 0:
+        raise RuntimeError(f"the ZIP worker exited with {worker.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return int(out)
+
+
+async def _render(engine: AsyncEngine, order_id: int) -> None:
+    lock = f"circuit.voucher-order-zip:{order_id}"
+    # Waiting for its turn holds no connection and no lock: another process may render it meanwhile.
+    async with _one_worker, engine.connect() as conn:
+        if not await conn.scalar(text(f"SELECT pg_try_advisory_lock({_ZIP_LOCK_SQL})"), {"lock": lock}):
+            return  # another server process is rendering it
+        try:
+            batch = await load_order_batch(conn, order_id)
+            await conn.commit()  # no transaction left open while the worker renders; the lock is the session's
+            path = zip_path(batch)
+            if path.exists():
+                return
+            started = time.perf_counter()
+            size = await _render_in_worker(batch, path)
+            log.info("voucher_zip_rendered", order_id=order_id, vouchers=len(batch.vouchers), bytes=size,
+                     seconds=round(time.perf_counter() - started, 2))
+        finally:
+            await conn.execute(text(f"SELECT pg_advisory_unlock({_ZIP_LOCK_SQL})"), {"lock": lock})
+            await conn.commit()
+
+
+def start_rendering(engine: AsyncEngine, order_id: int) -> None:
+    """Render the order's ZIP in the background, unless this process is already at it."""
+    if order_id in _renders:
+        return
+    task = asyncio.get_running_loop().create_task(_render(engine, order_id))
+    _renders[order_id] = task
+
+    def finished(done: asyncio.Task) -> None:
+        _renders.pop(order_id, None)
+        if not done.cancelled() and done.exception() is not None:
+            log.error("voucher_zip_failed", order_id=order_id, error=repr(done.exception()))
+
+    task.add_done_callback(finished)
+
+
+async def rendered_zip(engine: AsyncEngine, order_id: int) -> tuple[Path | None, int]:
+    """The order's ZIP if rendered for the order as it is now (else None, having started its
+    rendering), and how long to wait before asking again. ``order_not_issued`` before issue."""
+    async with engine.connect() as conn:
+        batch = await load_order_batch(conn, order_id)
+    path = zip_path(batch)
+    if path.exists():
+        return path, 0
+    start_rendering(engine, order_id)
+    return None, zip_wait_s(batch)
+
+
+async def renders_finished() -> None:
+    """Wait for this process's renderings in flight to end (however they end)."""
+    await asyncio.gather(*_renders.values(), return_exceptions=True)

@@ -12,16 +12,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ledger import voucher_print
 from ledger.programmes import ProgrammeRules, create_programme, get_rules
 from ledger.scheme import create_issuer
 from ledger.vouchers import VoucherLine, sell_vouchers
@@ -48,6 +54,29 @@ async def audit_events(conn: AsyncConnection, event_type: str) -> list[dict[str,
         {"t": event_type},
     )).scalars().all()
     return list(rows)
+
+
+@pytest_asyncio.fixture
+async def voucher_zip_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
+    """Order ZIPs rendered during the test go to its own directory, not the user's data
+    directory; the test ends once the renderings it started (issuing starts one) have."""
+    directory = tmp_path / "voucher-zips"
+    monkeypatch.setattr(voucher_print, "zip_dir", lambda: directory)
+    yield directory
+    await voucher_print.renders_finished()
+
+
+async def download_order_zip(client: httpx.AsyncClient, order_id: int, headers: dict[str, str],
+                             timeout_s: float = 60) -> httpx.Response:
+    """GET the order's ZIP, asking again while it is being rendered (202), as a client would
+    (sooner than Retry-After says: a test's orders are small)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = await client.get(f"/voucher-orders/{order_id}/vouchers.zip", headers=headers)
+        if response.status_code != 202 or time.monotonic() > deadline:
+            return response
+        assert int(response.headers["retry-after"]) >= 1
+        await asyncio.sleep(0.1)
 
 
 @dataclass(frozen=True, slots=True)

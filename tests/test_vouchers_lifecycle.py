@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from datetime import date, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import text
 
+from api.app import create_app
 from api.features import vouchers as feature
 from api.routes import vouchers as routes
 from fixtures_vouchers import audit_events
@@ -24,8 +26,10 @@ def _keys(body: dict) -> dict[str, bytes]:
 
 
 @pytest.fixture(autouse=True)
-def fresh_rate_limit():
-    routes._balance_limiter.seen.clear()
+async def fresh_rate_limit(engine):
+    async with engine.begin() as conn:  # each test starts a new window for the test client's address
+        await conn.execute(text("DELETE FROM auth_throttle WHERE key LIKE :prefix"),
+                           {"prefix": routes.BALANCE_KEY_PREFIX + "%"})
 
 
 async def _spend(engine, account_id: int, amount_cents: int, key: str) -> None:
@@ -64,6 +68,26 @@ async def test_the_balance_enquiry_is_rate_limited(client, issue_voucher):
     assert statuses[-2:] == [429, 429]
     refused = await client.post("/public/vouchers/balance", json={"code": issued.code})
     assert refused.json()["code"] == "rate_limited" and refused.json()["retry_after_s"] > 0
+
+
+async def test_the_balance_enquiry_limit_holds_across_server_processes(client, engine, issue_voucher):
+    issued = await issue_voucher(1000)
+    half = routes.BALANCE_REQUESTS_PER_MINUTE // 2
+    # A second app on the same database (another serve worker or process would be the same).
+    other = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(engine=engine, background=False)),
+                              base_url="http://other.test")
+    async with other:
+        statuses = []
+        for index in range(routes.BALANCE_REQUESTS_PER_MINUTE):
+            app = client if index < half else other
+            statuses.append((await app.post("/public/vouchers/balance", json={"code": issued.code})).status_code)
+        assert statuses == [200] * routes.BALANCE_REQUESTS_PER_MINUTE
+        refused = [await app.post("/public/vouchers/balance", json={"code": issued.code}) for app in (client, other)]
+        assert [r.json()["code"] for r in refused] == ["rate_limited", "rate_limited"]
+        async with engine.begin() as conn:  # the window ends with time, for every process
+            await conn.execute(text("UPDATE auth_throttle SET window_start = now() - interval '61 seconds' "
+                                    "WHERE key LIKE :prefix"), {"prefix": routes.BALANCE_KEY_PREFIX + "%"})
+        assert (await other.post("/public/vouchers/balance", json={"code": issued.code})).status_code == 200
 
 
 async def test_the_holder_page_shows_qr_balance_expiry_and_history(client, engine, issue_voucher):

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+pytestmark = pytest.mark.usefixtures("voucher_zip_dir")  # issuing starts rendering the ZIP
+
 SIREN = "732829320"
 SIRET = "73282932000074"
 OTHER_SIRET = "35600000000048"
@@ -213,3 +215,22 @@ async def test_an_employer_sees_only_its_own_orders(client, scheme):
     _refused(await client.get("/employers", headers=scheme["employer"]), 403, "forbidden")
     readable = await client.get(f"/programmes/{scheme['programme_id']}", headers=scheme["employer"])
     assert readable.status_code == 200 and readable.json()["face_value_max_cents"] == 20000
+
+
+def _mentions_an_account(value) -> bool:
+    if isinstance(value, dict):
+        return any("account" in key or _mentions_an_account(item) for key, item in value.items())
+    return isinstance(value, list) and any(_mentions_an_account(item) for item in value)
+
+
+async def test_employers_read_programmes_without_the_schemes_ledger_accounts(client, operator, scheme):
+    path = f"/programmes/{scheme['programme_id']}"
+    seen_by_operator = (await client.get(path, headers=operator)).json()
+    assert set(seen_by_operator["accounts"]) == {"float", "reserve", "bank", "breakage"}
+    assert isinstance(seen_by_operator["accounts"]["reserve"], int)
+    seen_by_employer = await client.get(path, headers=scheme["employer"])
+    assert seen_by_employer.status_code == 200
+    assert seen_by_employer.json() == {k: v for k, v in seen_by_operator.items() if k != "accounts"}
+    listed = (await client.get("/programmes", headers=scheme["employer"])).json()
+    assert scheme["programme_id"] in [p["id"] for p in listed] and not _mentions_an_account(listed)
+    assert all("accounts" in p for p in (await client.get("/programmes", headers=operator)).json())

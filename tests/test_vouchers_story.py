@@ -14,9 +14,11 @@ import zxingcpp
 from PIL import Image
 from sqlalchemy import text
 
-from fixtures_vouchers import audit_events
+from fixtures_vouchers import audit_events, download_order_zip
 from ledger.check import check_ledger
 from ledger.tokens import verify_token
+
+pytestmark = pytest.mark.usefixtures("voucher_zip_dir")
 
 STAFF = 50
 SIREN = "732829320"
@@ -144,8 +146,8 @@ async def test_employer_order_issues_co_branded_vouchers_that_scan(client, opera
                      "Merci pour cette belle année !", "Valable jusqu'au", "Valid until", "supermarket"):
         assert expected in page_text, expected
 
-    bundle = await client.get(f"/voucher-orders/{order_id}/vouchers.zip", headers=employer)
-    assert bundle.status_code == 200
+    bundle = await download_order_zip(client, order_id, employer)
+    assert bundle.status_code == 200, bundle.text
     archive = zipfile.ZipFile(io.BytesIO(bundle.content))
     names = archive.namelist()
     assert "codes.csv" in names and "all-vouchers.pdf" in names
@@ -155,3 +157,18 @@ async def test_employer_order_issues_co_branded_vouchers_that_scan(client, opera
     single = pypdfium2.PdfDocument(archive.read(f"vouchers/{first['id']}-{first['code'].replace('-', '')}.pdf"))
     (single_token,) = _decode_qr(single[0].render(scale=200 / 72).to_pil())
     assert verify_token(single_token, keys).voucher_id == first["id"]
+
+
+async def test_the_openapi_schema_describes_the_csv_and_logo_uploads(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    csv_body = schema["paths"]["/voucher-orders/{order_id}/lines.csv"]["put"]["requestBody"]
+    logo_body = schema["paths"]["/voucher-orders/{order_id}/logo"]["put"]["requestBody"]
+    assert csv_body["required"] and logo_body["required"]
+    assert set(csv_body["content"]) == {"text/csv"}
+    assert set(logo_body["content"]) == {"image/png", "image/jpeg", "image/svg+xml"}
+    for body, max_bytes in ((csv_body, 4 * 1024 * 1024), (logo_body, 512 * 1024)):
+        for media in body["content"].values():
+            assert media["schema"] == {"type": "string", "format": "binary", "maxLength": max_bytes}
+    assert "Windows-1252" in csv_body["description"] and "512 KB" in logo_body["description"]
+    zip_answers = schema["paths"]["/voucher-orders/{order_id}/vouchers.zip"]["get"]["responses"]
+    assert "application/zip" in zip_answers["200"]["content"] and "202" in zip_answers

@@ -14,6 +14,8 @@ from sqlalchemy import text
 from api.routes.vouchers import PAYMENTS_WEBHOOK_PATH, WEBHOOK_SECRET_ENV
 from fixtures_vouchers import valid_siret
 
+pytestmark = pytest.mark.usefixtures("voucher_zip_dir")  # issuing starts rendering the ZIP
+
 SECRET = "a shared secret the bank knows"
 
 

@@ -13,28 +13,32 @@ import hashlib
 import hmac
 import os
 import time
-from collections import deque
+from collections.abc import AsyncIterator
 from datetime import date, datetime, time as clock_time, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.auth import AuthUser, Role, create_user, requires
 from api.errors import ApiError
+from api.throttle import client_ip, hit
 from audit.chain import set_actor
 from ledger import employers as employer_domain
 from ledger import orders as order_domain
 from ledger import programmes as programme_domain
 from ledger import vouchers as voucher_domain
 from ledger import voucher_print
-from ledger.cobranding import check_logo
-from ledger.order_lines import check_lines, parse_csv
+from ledger.cobranding import LOGO_BYTES_MAX, check_logo
+from ledger.order_lines import CSV_BYTES_MAX, check_lines, parse_csv
 from ledger.programmes import PARIS, ProgrammeRules
 from ledger.tokens import format_code
 
@@ -44,6 +48,7 @@ KEYS_PATH = "/.well-known/circuit-voucher-keys.json"
 BALANCE_PATH = "/public/vouchers/balance"
 PAGE_PREFIX = "/v/"
 BALANCE_REQUESTS_PER_MINUTE = 10
+BALANCE_KEY_PREFIX = "voucher-balance:ip:"
 
 # --- wire shapes --------------------------------------------------------------------------
 
@@ -169,7 +174,9 @@ class ProgrammeAccountsOut(msgspec.Struct):
     breakage: int | None
 
 
-class ProgrammeOut(msgspec.Struct):
+class ProgrammeRulesOut(msgspec.Struct):
+    """A programme as employers read it: its rules, none of the scheme's internal ledger ids."""
+
     id: int
     issuer_id: int
     kind: str
@@ -187,6 +194,11 @@ class ProgrammeOut(msgspec.Struct):
     second_language: str
     texts: dict[str, dict[str, str]]
     purchase_fee_bp: int
+
+
+class ProgrammeOut(ProgrammeRulesOut):
+    """A programme as operators read it: its rules and its ledger accounts."""
+
     accounts: ProgrammeAccountsOut
 
 
@@ -323,6 +335,11 @@ class KeySetOut(msgspec.Struct):
     keys: list[PublicKeyOut]
 
 
+class ZipPendingOut(msgspec.Struct):
+    status: str  # "rendering"
+    retry_after_s: int
+
+
 class BalanceOut(msgspec.Struct):
     balance_cents: int
     unit: str
@@ -343,6 +360,14 @@ async def _begin(conn: AsyncConnection, user: AuthUser) -> None:
 
 def _programme_out(rules: ProgrammeRules) -> ProgrammeOut:
     return ProgrammeOut(
+        **msgspec.structs.asdict(_programme_rules_out(rules)),
+        accounts=ProgrammeAccountsOut(rules.float_account_id, rules.reserve_account_id, rules.bank_account_id,
+                                      rules.breakage_account_id),
+    )
+
+
+def _programme_rules_out(rules: ProgrammeRules) -> ProgrammeRulesOut:
+    return ProgrammeRulesOut(
         id=rules.id, issuer_id=rules.issuer_id, kind=rules.kind, name=rules.name, unit=rules.unit,
         face_value_min_cents=rules.face_value_min_cents, face_value_max_cents=rules.face_value_max_cents,
         validity_months=rules.validity_months, valid_until=rules.valid_until,
@@ -351,9 +376,12 @@ def _programme_out(rules: ProgrammeRules) -> ProgrammeOut:
         categories_excluded=list(rules.categories_excluded), merchants_allowed=list(rules.merchants_allowed),
         merchants_denied=list(rules.merchants_denied), second_language=rules.second_language, texts=rules.texts,
         purchase_fee_bp=rules.purchase_fee_bp,
-        accounts=ProgrammeAccountsOut(rules.float_account_id, rules.reserve_account_id, rules.bank_account_id,
-                                      rules.breakage_account_id),
     )
+
+
+def _programme_for(user: AuthUser, rules: ProgrammeRules) -> ProgrammeOut | ProgrammeRulesOut:
+    """Operators see a programme's ledger accounts; employers only what they need to order."""
+    return _programme_out(rules) if user.role == Role.OPERATOR else _programme_rules_out(rules)
 
 
 def _texts(texts: dict[str, Texts]) -> dict[str, dict[str, str]]:
@@ -414,34 +442,32 @@ async def _lines_from_json(conn: AsyncConnection, order: order_domain.Order, lin
     )
 
 
+def _raw_body(description: str, media_types: tuple[str, ...], max_bytes: int) -> type[Operation]:
+    """An OpenAPI operation whose request body is a file sent as is: Litestar documents only the
+    bodies it parses itself, and these handlers read the raw bytes (``request.body()``)."""
+    body = RequestBody(required=True, description=f"{description} At most {max_bytes // 1024} KB.", content={
+        media_type: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format="binary", max_length=max_bytes))
+        for media_type in media_types})
+
+    @dataclasses.dataclass
+    class RawBodyOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return RawBodyOperation
+
+
+_CSV_BODY = _raw_body(
+    "The order's lines as a spreadsheet export: UTF-8 or Windows-1252, separated by commas, semicolons "
+    "or tabs; columns nom/name, montant/amount and optionally courriel/email (docs/vouchers.md).",
+    ("text/csv",), CSV_BYTES_MAX)
+_LOGO_BODY = _raw_body("The employer's logo, recognised by its content (not by the Content-Type).",
+                       ("image/png", "image/jpeg", "image/svg+xml"), LOGO_BYTES_MAX)
+
+
 def _attachment(content: bytes, media_type: str, filename: str) -> Response[bytes]:
     return Response(content, media_type=media_type,
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-
-
-class _RateLimiter:
-    """At most ``limit`` requests per client address per minute (per process)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.seen: dict[str, deque[float]] = {}
-
-    def check(self, client: str) -> None:
-        now = time.monotonic()
-        window = self.seen.setdefault(client, deque())
-        while window and window[0] <= now - 60:
-            window.popleft()
-        if len(window) >= self.limit:
-            raise ApiError(429, "rate_limited", "Too many balance enquiries from this address; try again in a minute.",
-                           detail_fr="Trop de demandes de solde depuis cette adresse ; réessayez dans une minute.",
-                           retry_after_s=int(60 - (now - window[0])) + 1)
-        window.append(now)
-        if len(self.seen) > 100_000:  # forget idle addresses rather than grow without bound
-            for address in [a for a, w in self.seen.items() if not w or w[-1] <= now - 60]:
-                del self.seen[address]
-
-
-_balance_limiter = _RateLimiter(BALANCE_REQUESTS_PER_MINUTE)
 
 
 # --- operators: issuers, programmes, employers ---------------------------------------------
@@ -474,14 +500,18 @@ class ProgrammesController(Controller):
         return _programme_out(created)
 
     @get("/programmes", guards=_READERS)
-    async def list_programmes(self, db_engine: NamedDependency[AsyncEngine]) -> list[ProgrammeOut]:
+    async def list_programmes(self, request: Request,
+                              db_engine: NamedDependency[AsyncEngine]) -> list[ProgrammeOut | ProgrammeRulesOut]:
+        """Operators get each programme's ledger accounts; employers the rules alone."""
         async with db_engine.connect() as conn:
-            return [_programme_out(r) for r in await programme_domain.list_rules(conn)]
+            return [_programme_for(request.user, r) for r in await programme_domain.list_rules(conn)]
 
     @get("/programmes/{programme_id:int}", guards=_READERS)
-    async def programme(self, programme_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut:
+    async def programme(self, request: Request, programme_id: FromPath[int],
+                        db_engine: NamedDependency[AsyncEngine]) -> ProgrammeOut | ProgrammeRulesOut:
+        """Operators get the programme's ledger accounts; employers the rules alone."""
         async with db_engine.connect() as conn:
-            return _programme_out(await programme_domain.get_rules(conn, programme_id))
+            return _programme_for(request.user, await programme_domain.get_rules(conn, programme_id))
 
     @patch("/programmes/{programme_id:int}", guards=_OPERATOR)
     async def change_programme(self, request: Request, programme_id: FromPath[int], data: JSONBody[ProgrammeChange],
@@ -595,7 +625,7 @@ class OrdersController(Controller):
             await order_domain.replace_lines(conn, order_id, lines, actor=_actor(request.user))
             return await _order_out(conn, order)
 
-    @put("/{order_id:int}/lines.csv")
+    @put("/{order_id:int}/lines.csv", operation_class=_CSV_BODY)
     async def upload_lines(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Send the CSV as the raw request body (``Content-Type: text/csv``)."""
         body = await request.body()
@@ -607,7 +637,7 @@ class OrdersController(Controller):
             await order_domain.replace_lines(conn, order_id, lines, actor=_actor(request.user))
             return await _order_out(conn, order)
 
-    @put("/{order_id:int}/logo")
+    @put("/{order_id:int}/logo", operation_class=_LOGO_BODY)
     async def upload_logo(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> OrderOut:
         """Send the PNG, JPEG or SVG file as the raw request body."""
         logo = check_logo(await request.body())
@@ -665,20 +695,40 @@ class OrdersController(Controller):
         content = await asyncio.to_thread(voucher_print.order_pdf, batch)
         return _attachment(content, "application/pdf", f"order-{order_id}-vouchers.pdf")
 
-    @get("/{order_id:int}/vouchers.zip")
-    async def order_zip(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
+    @get("/{order_id:int}/vouchers.zip", media_type="application/zip", responses={
+        202: ResponseSpec(ZipPendingOut, description="Being rendered: ask again after Retry-After seconds.")})
+    async def order_zip(self, request: Request, order_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response:
+        """Every voucher's PDF, the whole order's PDF and a CSV of codes. Rendered once, off the
+        request (docs/vouchers.md): 202 with Retry-After until it is ready, then the file."""
         async with db_engine.connect() as conn:
             await _order_for(conn, request.user, order_id)
-            batch = await voucher_print.load_order_batch(conn, order_id)
-        content = await asyncio.to_thread(voucher_print.order_zip, batch)
-        return _attachment(content, "application/zip", f"order-{order_id}-vouchers.zip")
+        path, wait_s = await voucher_print.rendered_zip(db_engine, order_id)
+        try:
+            # Opened now: should a newer rendering replace the file, this download still completes.
+            handle = path.open("rb") if path is not None else None
+        except FileNotFoundError:
+            handle, wait_s = None, 1  # just replaced by a newer rendering: it is there now
+        if handle is None:
+            return Response(ZipPendingOut("rendering", wait_s), status_code=202, media_type="application/json",
+                            headers={"Retry-After": str(wait_s)})
+        return Stream(_chunks(handle), media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="order-{order_id}-vouchers.zip"',
+            "Content-Length": str(os.fstat(handle.fileno()).st_size)})
+
+
+async def _chunks(handle: BinaryIO, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with handle:
+        while chunk := await asyncio.to_thread(handle.read, size):
+            yield chunk
 
 
 async def _issue_order(db_engine: AsyncEngine, user: AuthUser, order_id: int) -> OrderOut:
     async with db_engine.begin() as conn:
         await _begin(conn, user)
         order, _ = await order_domain.issue(conn, order_id, actor=_actor(user))
-        return await _order_out(conn, order)
+        issued = await _order_out(conn, order)
+    voucher_print.start_rendering(db_engine, order_id)  # the employer's ZIP, ready by the time it is asked for
+    return issued
 
 
 async def _balances(conn: AsyncConnection, vouchers: list[voucher_domain.Voucher]) -> dict[int, int]:
@@ -774,7 +824,8 @@ async def voucher_keys(db_engine: NamedDependency[AsyncEngine]) -> KeySetOut:
 @post(BALANCE_PATH, exclude_from_auth=True, status_code=200, tags=["vouchers"])
 async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine: NamedDependency[AsyncEngine]) -> BalanceOut:
     """What is left on a voucher and until when: nothing else (not who holds it, not where it was spent)."""
-    _balance_limiter.check(request.client.host if request.client else "unknown")
+    # Counted in the database (api/throttle.py): the limit holds across workers and processes.
+    await hit(db_engine, f"{BALANCE_KEY_PREFIX}{client_ip(request)}", limit=BALANCE_REQUESTS_PER_MINUTE, window_s=60)
     async with db_engine.connect() as conn:
         voucher = await voucher_domain.voucher_for_code(conn, data.code)
         left = await voucher_domain.available_cents(conn, voucher)
@@ -856,4 +907,6 @@ async def payment_webhook(request: Request, db_engine: NamedDependency[AsyncEngi
     async with db_engine.begin() as conn:
         await set_actor(conn, "webhook:payments")
         order, _ = await order_domain.issue(conn, payment.order_id, actor="webhook:payments")
-        return await _order_out(conn, order)
+        issued = await _order_out(conn, order)
+    voucher_print.start_rendering(db_engine, payment.order_id)
+    return issued
