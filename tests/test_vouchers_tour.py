@@ -4,12 +4,7 @@ holder's page in a real Chromium at phone size, whose on-screen QR decodes to a 
 from __future__ import annotations
 
 import io
-import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,60 +12,27 @@ import zxingcpp
 from PIL import Image
 
 from ledger.tokens import verify_token
+from servers import ROOT, SERVE_DEMO, embedded_env, readme_block, running
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 PHONE = {"width": 390, "height": 844}
 
 
-def _free_port() -> int:
-    """A free port in the vouchers range (8100-8199) of this machine's shared plan."""
-    for port in range(8100, 8200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8100-8199")
-
-
-def _tour_script(port: int) -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Vouchers:", 1)[1].split("\n## ", 1)[0]
-    return section.split("```sh\n", 1)[1].split("```", 1)[0].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-
-
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["CIRCUIT_DATA_DIR"] = str(tmp_path_factory.mktemp("vouchers-tour") / "data")
-    env["PYTHONPATH"] = str(ROOT)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--demo"], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("circuit serve did not come up")
-        yield base, port, env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    directory = tmp_path_factory.mktemp("vouchers-tour")
+    env = embedded_env(directory / "data")
+    with running(SERVE_DEMO, env, directory / "serve.log") as base:
+        yield base, env
 
 
 def test_the_readme_vouchers_tour_runs_as_written(demo_server):
-    base, port, env = demo_server
+    base, env = demo_server
     # From the project directory, as the README says: the tour calls .venv/bin/circuit.
-    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", _tour_script(port)], cwd=ROOT, env=env,
+    script = readme_block("Vouchers:").replace("http://127.0.0.1:8000", base)
+    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -86,7 +48,7 @@ def test_the_readme_vouchers_tour_runs_as_written(demo_server):
 def test_the_holder_page_fits_a_phone_and_its_qr_scans(demo_server):
     from playwright.sync_api import sync_playwright
 
-    base, _, _ = demo_server
+    base, _ = demo_server
     login = httpx.post(f"{base}/auth/login", json={"email": "rh@menuiserie.demo", "password": "circuit-demo-2026"})
     headers = {"Authorization": f"Bearer {login.json()['token']}"}
     voucher = httpx.get(f"{base}/voucher-orders/1/vouchers", headers=headers).json()[0]
