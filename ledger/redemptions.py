@@ -13,7 +13,6 @@ This module never speaks HTTP and never writes a balance itself.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -220,15 +219,16 @@ async def lookup(conn: AsyncConnection, *, token: str | None, code: str | None) 
         return Lookup(None, None, None, UnknownVoucher(reason=error.code))
 
 
-def scanned(found: Lookup, row: Sequence[Any] | None) -> Scanned:
-    """The voucher and the shop's context from a row of ``SCAN_TEMPLATE``'s columns (None or
-    all NULL when no voucher matched), or the lookup's refusal."""
+def scanned(found: Lookup, row: Any, *, offset: int = 0) -> Scanned:
+    """The voucher and the shop's context from a row whose columns from ``offset`` on are
+    ``SCAN_TEMPLATE``'s (None, or all NULL when no voucher matched), or the lookup's refusal."""
     if found.refusal is not None:
         raise found.refusal
-    if row is None or row[0] is None or (found.programme_id is not None and row[1] != found.programme_id):
+    if row is None or row[offset] is None or (found.programme_id is not None and row[offset + 1] != found.programme_id):
         raise UnknownVoucher(reason="voucher_not_found")
-    return Scanned(vouchers.Voucher(*row[:_VOUCHER_FIELDS]), row,
-                   rules_from_values(row[SCAN_COLUMNS - len(RULE_COLUMNS):SCAN_COLUMNS]))
+    end = offset + SCAN_COLUMNS
+    return Scanned(vouchers.Voucher(*row[offset:offset + _VOUCHER_FIELDS]), row,
+                   rules_from_values(row[end - len(RULE_COLUMNS):end]))
 
 
 async def _scan(conn: AsyncConnection, merchant_id: int, *, token: str | None, code: str | None,

@@ -12,16 +12,28 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from api.auth import bearer_token, hash_token
 from api.errors import ApiError
+from api.throttle import hit
 from ledger import redemptions
 from merchant_app_api.receipts import receipt_signing_key
-from merchant_app_api.staff import Staff, provide_scanning_staff, provide_staff
+from merchant_app_api.staff import (
+    SCANNING_STAFF_COLUMNS,
+    SCANNING_STAFF_CTE,
+    SCANNING_STAFF_WIDTH,
+    Staff,
+    provide_scanning_staff,
+    provide_staff,
+    scan_limit_key,
+    scanning_staff,
+)
 
 REFUND_WINDOW_DAYS = int(os.environ.get("CIRCUIT_REFUND_WINDOW_DAYS", str(redemptions.REFUND_WINDOW_DAYS_DEFAULT)))
 
@@ -86,6 +98,31 @@ def receipt_response(receipt: redemptions.Receipt) -> Response[ReceiptOut]:
                     status_code=200 if receipt.replayed else 201)
 
 
+_REDEEM_SQL = text(
+    f"""
+    WITH {SCANNING_STAFF_CTE}
+    SELECT {SCANNING_STAFF_COLUMNS}, scan.*
+    FROM staff LEFT JOIN hit ON true
+    LEFT JOIN LATERAL ({redemptions.SCAN_TEMPLATE.replace("{merchant}", "staff.merchant_id")}) AS scan ON true
+    """
+)
+
+
+async def _keep_scan_count(conn: AsyncConnection, engine: AsyncEngine, limit_key: str) -> None:
+    """A refused redemption still counts against the device's limit: commit the scan's count
+    (without waiting for the disk; nothing else was written), or, if the database refused
+    the move and the transaction is void, count it again on its own."""
+    try:
+        await conn.execute(_RELAXED_COMMIT_SQL)
+        await conn.commit()
+    except DBAPIError:
+        await conn.rollback()
+        await hit(engine, limit_key, limit=2**31 - 1, window_s=60)
+
+
+_RELAXED_COMMIT_SQL = text("SELECT set_config('synchronous_commit', 'off', true)")
+
+
 class RedeemController(Controller):
     path = "/merchant"
     tags = ["merchant app"]
@@ -103,18 +140,34 @@ class RedeemController(Controller):
             RefusalOut(refusal.code, refusal.message, refusal.message_fr, refusal.details) if refusal else None,
         )
 
-    @post("/redeem")
+    @post("/redeem", exclude_from_auth=True)
     async def redeem(
-        self, scanner: NamedDependency[Staff], data: JSONBody[RedeemIn], db_engine: NamedDependency[AsyncEngine],
+        self, request: Request[Any, Any, Any], data: JSONBody[RedeemIn], db_engine: NamedDependency[AsyncEngine],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[ReceiptOut]:
-        client_key = _require_key(idempotency_key)
-        async with db_engine.begin() as conn:
-            receipt = await redemptions.redeem(
-                conn, receipt_signing_key(), merchant_id=scanner.merchant_id, user_id=scanner.user_id,
-                amount_cents=data.amount_cents, client_key=client_key, token=data.token, code=data.code,
-                actor=scanner.actor,
-            )
+        """The till's hot path: the token is checked here rather than by the middleware, so that
+        the session, the device's rate limit, the voucher, the shop and the programme's rules
+        are one statement; then the ledger move, then the takings row with the signed receipt."""
+        token_hash = hash_token(bearer_token(request.headers.get("authorization", "")))
+        limit_key = scan_limit_key(token_hash)
+        async with db_engine.connect() as conn:
+            await conn.begin()
+            try:
+                found = await redemptions.lookup(conn, token=data.token, code=data.code)
+                row = (await conn.execute(_REDEEM_SQL, {
+                    "hash": token_hash, "key": limit_key, "window_s": 60, "client_key": idempotency_key,
+                    **found.params})).one_or_none()
+                scanner = scanning_staff(row)
+                client_key = _require_key(idempotency_key)
+                receipt = await redemptions.take(
+                    conn, receipt_signing_key(), redemptions.scanned(found, row, offset=SCANNING_STAFF_WIDTH),
+                    merchant_id=scanner.merchant_id, user_id=scanner.user_id, amount_cents=data.amount_cents,
+                    client_key=client_key, actor=scanner.actor,
+                )
+            except Exception:
+                await _keep_scan_count(conn, db_engine, limit_key)
+                raise
+            await conn.commit()
         return receipt_response(receipt)
 
     @post("/takings/{taking_id:int}/refund")
