@@ -162,6 +162,28 @@ async def seed(url: str, clients: int) -> list[dict]:
     return seeded
 
 
+def _tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds (user + system) of a process, its reaped children and its live descendants."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()  # from field 3 (state) on
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0)
+        stack.extend(children.get(pid, ()))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
     import httpx
 
@@ -211,6 +233,13 @@ def main(seconds: float, workers: int, clients: int, load_processes: int) -> dic
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                 env={**os.environ, "STRUCTLOG_LEVEL": "warning"},
             ))
+        # CPU spent by the server's processes and by PostgreSQL's over the measured window: what
+        # a redemption costs whatever else the machine runs (the throughput depends on that).
+        postmaster = int((directory / "pg" / "postmaster.pid").read_text().split()[0])
+        time.sleep(max(0.0, start_at + WARMUP_SECONDS - time.time()))
+        cpu_before = _tree_cpu_s(server.pid), _tree_cpu_s(postmaster)
+        time.sleep(max(0.0, start_at + WARMUP_SECONDS + seconds - time.time()))
+        cpu_used = _tree_cpu_s(server.pid) - cpu_before[0], _tree_cpu_s(postmaster) - cpu_before[1]
         parts = []
         for loader in loaders:
             out, err = loader.communicate()
@@ -223,7 +252,9 @@ def main(seconds: float, workers: int, clients: int, load_processes: int) -> dic
         return {"bench": "redeem_http", "clients": clients, "redeem_per_s": measured["redeem_per_s"],
                 "p50_ms": measured["p50_ms"], "p99_ms": measured["p99_ms"], "workers": workers,
                 "load_processes": load_processes, "redeemed": measured["redeemed"], "seconds": measured["seconds"],
-                "load_cpu_us_per_redeem": measured["load_cpu_us_per_redeem"]}
+                "load_cpu_us_per_redeem": measured["load_cpu_us_per_redeem"],
+                "server_cpu_ms_per_redeem": round(1000 * cpu_used[0] / max(1, measured["redeemed"]), 2),
+                "postgres_cpu_ms_per_redeem": round(1000 * cpu_used[1] / max(1, measured["redeemed"]), 2)}
     finally:
         if server is not None:
             server.terminate()
