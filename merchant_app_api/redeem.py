@@ -98,14 +98,14 @@ def receipt_response(receipt: redemptions.Receipt) -> Response[ReceiptOut]:
                     status_code=200 if receipt.replayed else 201)
 
 
-_REDEEM_SQL = text(
-    f"""
+_REDEEM_TEMPLATE = f"""
     WITH {SCANNING_STAFF_CTE}
     SELECT {SCANNING_STAFF_COLUMNS}, scan.*
     FROM staff LEFT JOIN hit ON true
     LEFT JOIN LATERAL ({redemptions.SCAN_TEMPLATE.replace("{merchant}", "staff.merchant_id")}) AS scan ON true
-    """
-)
+"""
+_REDEEM_SQL = {where: text(_REDEEM_TEMPLATE.replace("{where}", where))
+               for where in (redemptions.SCAN_BY_ID, redemptions.SCAN_BY_CODE)}
 
 
 async def _keep_scan_count(conn: AsyncConnection, engine: AsyncEngine, limit_key: str) -> None:
@@ -154,7 +154,7 @@ class RedeemController(Controller):
             await conn.begin()
             try:
                 found = await redemptions.lookup(conn, token=data.token, code=data.code)
-                row = (await conn.execute(_REDEEM_SQL, {
+                row = (await conn.execute(_REDEEM_SQL[found.where], {
                     "hash": token_hash, "key": limit_key, "window_s": 60, "client_key": idempotency_key,
                     **found.params})).one_or_none()
                 scanner = scanning_staff(row)
