@@ -16,12 +16,11 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.auth import bearer_token, hash_token
 from api.errors import ApiError
-from api.throttle import hit
+from api.throttle import HIT_STATEMENT
 from ledger import redemptions
 from merchant_app_api.receipts import receipt_signing_key
 from merchant_app_api.staff import (
@@ -108,19 +107,15 @@ _REDEEM_SQL = {where: text(_REDEEM_TEMPLATE.replace("{where}", where))
                for where in (redemptions.SCAN_BY_ID, redemptions.SCAN_BY_CODE)}
 
 
-async def _keep_scan_count(conn: AsyncConnection, engine: AsyncEngine, limit_key: str) -> None:
-    """A refused redemption still counts against the device's limit: commit the scan's count
-    (without waiting for the disk; nothing else was written), or, if the database refused
-    the move and the transaction is void, count it again on its own."""
-    try:
-        await conn.execute(_RELAXED_COMMIT_SQL)
-        await conn.commit()
-    except DBAPIError:
-        await conn.rollback()
-        await hit(engine, limit_key, limit=2**31 - 1, window_s=60)
+async def _count_scan_alone(engine: AsyncEngine, limit_key: str) -> None:
+    """Count a refused redemption's scan against the device's limit on its own: the
+    redemption's transaction, where it was counted first, is rolled back whole."""
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(_COUNT_SCAN_SQL, {"key": limit_key, "window_s": 60})
 
 
-_RELAXED_COMMIT_SQL = text("SELECT set_config('synchronous_commit', 'off', true)")
+_COUNT_SCAN_SQL = text(HIT_STATEMENT)
 
 
 class RedeemController(Controller):
@@ -150,6 +145,7 @@ class RedeemController(Controller):
         are one statement; then the ledger move, then the takings row with the signed receipt."""
         token_hash = hash_token(bearer_token(request.headers.get("authorization", "")))
         limit_key = scan_limit_key(token_hash)
+        counted = False
         async with db_engine.connect() as conn:
             await conn.begin()
             try:
@@ -157,6 +153,7 @@ class RedeemController(Controller):
                 row = (await conn.execute(_REDEEM_SQL[found.where], {
                     "hash": token_hash, "key": limit_key, "window_s": 60, "client_key": idempotency_key,
                     **found.params})).one_or_none()
+                counted = row is not None and row.hits is not None
                 scanner = scanning_staff(row)
                 client_key = _require_key(idempotency_key)
                 receipt = await redemptions.take(
@@ -165,7 +162,9 @@ class RedeemController(Controller):
                     client_key=client_key, actor=scanner.actor,
                 )
             except Exception:
-                await _keep_scan_count(conn, db_engine, limit_key)
+                await conn.rollback()
+                if counted:
+                    await _count_scan_alone(db_engine, limit_key)
                 raise
             await conn.commit()
         return receipt_response(receipt)
