@@ -28,10 +28,12 @@ const TEXT = {
     retry: "Réessayer", pending_found: "Un encaissement n'a pas été confirmé. Vérifiez-le avant de continuer.",
     offline_no_take: "Hors ligne : impossible d'encaisser pour le moment.",
     today_title: "Recettes du jour", nothing_today: "Aucune opération aujourd'hui.",
+    wallet_code: "Porte-monnaie d'un habitant", wallet_once: "Code à usage unique : saisissez le montant à payer.",
     net: "Net", redeemed: "encaissés", refunded: "remboursés", latest: "Dernières opérations",
     refund: "Rembourser", refund_confirm: "Rembourser cette opération ? Le montant retourne sur le titre.",
     refunded_label: "remboursé", refund_done: "Remboursé", kind_redeem: "Encaissement", kind_refund: "Remboursement",
-    kind_payment: "Paiement", history_title: "Historique", from: "Du", to: "Au", show: "Afficher",
+    kind_payment: "Porte-monnaie",
+    history_title: "Historique", from: "Du", to: "Au", show: "Afficher",
     more: "Plus ancien", csv: "Exporter (CSV)", account_title: "Compte", sign_out: "Se déconnecter",
     close_day: "Clôturer la journée (ticket Z)", closed_day: "Journée clôturée", count: "opérations",
     error: "Erreur", network_error: "Pas de réseau : réessayez.",
@@ -58,10 +60,12 @@ const TEXT = {
     retry: "Try again", pending_found: "A payment was not confirmed. Check it before going on.",
     offline_no_take: "Offline: cannot take payments right now.",
     today_title: "Today's takings", nothing_today: "Nothing today yet.",
+    wallet_code: "A resident's wallet", wallet_once: "Single-use code: enter the amount to pay.",
     net: "Net", redeemed: "taken", refunded: "refunded", latest: "Latest transactions",
     refund: "Refund", refund_confirm: "Refund this transaction? The amount goes back to the voucher.",
     refunded_label: "refunded", refund_done: "Refunded", kind_redeem: "Voucher", kind_refund: "Refund",
-    kind_payment: "Payment", history_title: "History", from: "From", to: "To", show: "Show",
+    kind_payment: "Wallet",
+    history_title: "History", from: "From", to: "To", show: "Show",
     more: "Older", csv: "Export (CSV)", account_title: "Account", sign_out: "Sign out",
     close_day: "Close the day (Z report)", closed_day: "Day closed", count: "transactions",
     error: "Error", network_error: "No network: try again.",
@@ -244,6 +248,8 @@ function scanScreen() {
       <button id="manual-btn" class="secondary" type="submit">${t("check")}</button>
     </form>`);
   if (pending) $("#pending-btn").addEventListener("click", () => sendRedeem(pending));
+  // Typing a code means the cashier chose it: a camera read must not pull the screen away.
+  $("#manual-code").addEventListener("focus", stopCamera);
   $("#manual-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const code = $("#manual-code").value.trim();
@@ -278,7 +284,8 @@ async function startCamera() {
       if (found && found.data) {
         stopCamera();
         if (navigator.vibrate) navigator.vibrate(60);
-        previewScreen({ token: found.data });
+        if (found.data.startsWith("CW1.")) walletScreen(found.data);
+        else previewScreen({ token: found.data });
         return;
       }
     }
@@ -350,6 +357,71 @@ async function previewScreen(scan) {
   });
 }
 
+// A resident's rotating wallet code (wallets capability): checked, then an amount typed and
+// paid from the wallet in one request; the code is single-use and good for about a minute.
+async function walletScreen(code) {
+  showTabs("scan");
+  render(`<p class="muted">${t("checking")}</p>`);
+  let wallet;
+  try {
+    ({ data: wallet } = await api("POST", "/merchant/wallet/preview", { code }));
+  } catch (error) {
+    return resultScreen({ kind: error instanceof Offline ? "unknown-preview" : "no", problem: error.problem });
+  }
+  let cents = 0;
+  render(`
+    <div class="card" id="preview">
+      <h2 id="preview-programme">${esc(wallet.programme_name)}</h2>
+      <p class="muted">${t("wallet_code")} · ${t("wallet_once")}</p>
+    </div>
+    <h2>${t("amount")}</h2>
+    <div class="amount" id="amount">${money(cents, wallet.unit)}</div>
+    <div class="keypad" id="keypad">
+      ${["1", "2", "3", "4", "5", "6", "7", "8", "9", "00", "0", "⌫"].map((k) => `<button type="button" data-key="${k}">${k}</button>`).join("")}
+    </div>
+    <p id="offline-warning" class="error" ${state.online ? "hidden" : ""}>${t("offline_no_take")}</p>
+    <button id="confirm-btn" class="primary" type="button" ${state.online ? "" : "disabled"}>${t("confirm")}</button>
+    <button id="cancel-btn" class="secondary" type="button">${t("cancel")}</button>`);
+  $("#keypad").addEventListener("click", (event) => {
+    const key = event.target.dataset?.key;
+    if (!key) return;
+    cents = key === "⌫" ? Math.floor(cents / 10) : Math.min(cents * 10 ** key.length + Number(key), 99999999);
+    $("#amount").textContent = money(cents, wallet.unit);
+  });
+  $("#cancel-btn").addEventListener("click", scanScreen);
+  $("#confirm-btn").addEventListener("click", () => {
+    if (cents > 0) sendWalletPayment({ key: newKey(), body: { code, amount_cents: cents }, unit: wallet.unit });
+  });
+}
+
+function walletResult(title, payment) {
+  showTabs("scan");
+  render(`
+    <div class="result ok" id="result" data-code="ok">
+      <div>${title}</div>
+      <div class="big" id="result-amount">${money(payment.amount_cents, payment.unit)}</div>
+    </div>
+    <button id="next-btn" class="primary" type="button">${t("next")}</button>`);
+  $("#next-btn").addEventListener("click", scanScreen);
+}
+
+async function sendWalletPayment(request) {
+  render(`<p class="muted">${t("checking")}</p>`);
+  try {
+    const { data } = await api("POST", "/merchant/wallet/payments", request.body, { "Idempotency-Key": request.key });
+    walletResult(t("taken"), data);
+  } catch (error) {
+    if (!(error instanceof Offline)) return resultScreen({ kind: "no", problem: error.problem, request });
+    render(`
+      <div class="result unknown" id="result" data-code="not_confirmed">
+        <div class="big">${t("not_confirmed")}</div>
+        <p>${t("not_confirmed_help")}</p>
+      </div>
+      <button id="retry-btn" class="primary" type="button">${t("retry")}</button>`);
+    $("#retry-btn").addEventListener("click", () => sendWalletPayment(request));
+  }
+}
+
 function loadPending() {
   try { return JSON.parse(localStorage.getItem("circuit.pending") || "null"); } catch { return null; }
 }
@@ -404,7 +476,7 @@ function resultScreen({ kind, receipt, problem, request }) {
 }
 
 function takingRow(item) {
-  const refundable = item.kind === "redeem" && !item.refunded_by;
+  const refundable = (item.kind === "redeem" || (item.kind === "payment" && item.wallet_id)) && !item.refunded_by;
   return `
     <div class="row" data-taking="${item.id}">
       <div class="what">
@@ -413,7 +485,7 @@ function takingRow(item) {
       </div>
       <div>
         <strong class="${item.amount_cents < 0 ? "neg" : ""}">${money(item.amount_cents, item.unit)}</strong>
-        ${refundable ? `<button type="button" class="link refund" style="color:var(--blue);border-color:var(--line)" data-id="${item.id}">${t("refund")}</button>` : ""}
+        ${refundable ? `<button type="button" class="link refund" style="color:var(--blue);border-color:var(--line)" data-id="${item.id}" data-kind="${item.kind}">${t("refund")}</button>` : ""}
       </div>
     </div>`;
 }
@@ -422,6 +494,10 @@ function bindRefunds(root) {
   root.querySelectorAll("button.refund").forEach((button) => button.addEventListener("click", async () => {
     if (!confirm(t("refund_confirm"))) return;
     try {
+      if (button.dataset.kind === "payment") {  // a resident's wallet payment (wallets capability)
+        const { data } = await api("POST", `/merchant/wallet/payments/${button.dataset.id}/refund`, undefined, { "Idempotency-Key": newKey() });
+        return walletResult(t("refund_done"), data);
+      }
       const { data } = await api("POST", `/merchant/takings/${button.dataset.id}/refund`, undefined, { "Idempotency-Key": newKey() });
       resultScreen({ kind: "ok", receipt: data.receipt });
     } catch (error) {
