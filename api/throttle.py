@@ -32,9 +32,11 @@ T = TypeVar("T")
 # off for this transaction only), which keeps the check off the payment's critical path.
 # HIT_STATEMENT counts one hit on :key in a window of :window_s seconds and returns the count
 # and the seconds left in the window; a caller may wrap it in a CTE to read more in one trip.
-HIT_STATEMENT = """
+# HIT_UPSERT is the same upsert counting a hit for each row of {source}, for a statement that
+# runs inside a larger transaction (whose commit must stay durable).
+HIT_UPSERT = """
     INSERT INTO auth_throttle AS t (key, window_start, hits)
-    SELECT :key, now(), 1 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+    SELECT :key, now(), 1 FROM {source}
     ON CONFLICT (key) DO UPDATE SET
         window_start = CASE WHEN t.window_start <= now() - make_interval(secs => :window_s)
                             THEN now() ELSE t.window_start END,
@@ -42,6 +44,7 @@ HIT_STATEMENT = """
                     THEN 1 ELSE t.hits + 1 END
     RETURNING hits, extract(epoch FROM t.window_start + make_interval(secs => :window_s) - now()) AS left_s
 """
+HIT_STATEMENT = HIT_UPSERT.replace("{source}", "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed")
 _HIT_SQL = text(HIT_STATEMENT)
 
 

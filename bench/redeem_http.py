@@ -2,16 +2,17 @@
 
 What runs: an embedded PostgreSQL in a temporary directory; the service under uvicorn in
 its own processes (``--workers``, default 2), exactly as ``circuit serve`` builds it (audit
-sealer and background jobs on); and a separate load process with 64 clients, each a shop's
-signed-in phone on a keep-alive connection, posting ``/merchant/redeem`` (scanned token,
-1 cent, a fresh Idempotency-Key each time) as fast as answers come back. Each client is its
+sealer and background jobs on); and separate load processes (``--load-processes``, default 2,
+on uvloop) sharing 64 clients, each a shop's signed-in phone on a keep-alive connection,
+posting ``/merchant/redeem`` (scanned token, 1 cent, a fresh Idempotency-Key each time) as
+fast as answers come back. Each client is its
 own shop with its own voucher, so the figure is throughput, not one row's lock queue (the
 reliability tests cover 200 phones on one voucher). Every answer must be a 201 receipt.
 
 The per-device scan limit (120 a minute in production) is raised for the run: it would
 otherwise be the thing measured.
 
-Run: .venv/bin/python bench/redeem_http.py [--seconds 10] [--workers 2] [--clients 64]
+Run: .venv/bin/python bench/redeem_http.py [--seconds 10] [--workers 2] [--clients 64] [--load-processes 2]
 Last line: {"bench": "redeem_http", "clients": 64, "redeem_per_s": …, "p50_ms": …, "p99_ms": …}
 """
 
@@ -47,33 +48,37 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     writer.write(head.encode() + body)
-    status_line = await reader.readline()
-    status = int(status_line.split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
+    # The status line and headers in one read; then the body by its Content-Length.
+    header = await reader.readuntil(b"\r\n\r\n")
+    status = int(header[9:12])
+    at = header.lower().find(b"\r\ncontent-length:")
+    length = int(header[at + 17:header.index(b"\r\n", at + 2)]) if at >= 0 else 0
     return status, await reader.readexactly(length)
 
 
-async def load(port: int, clients: list[dict], seconds: float) -> dict:
+async def load(port: int, clients: list[dict], seconds: float, start_at: float) -> dict:
+    """Run ``clients`` phones from wall-clock ``start_at`` (warm-up, then ``seconds`` measured),
+    so that several load processes measure the same window; every latency is returned."""
     host = f"127.0.0.1:{port}"
     latencies: list[float] = []
     failures: list[str] = []
-    started = time.perf_counter()
-    measure_from = started + WARMUP_SECONDS
+    sent = 0
+    measure_from = start_at + WARMUP_SECONDS
     deadline = measure_from + seconds
+    cpu_started = time.process_time()
 
     async def phone(client: dict) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         body = json.dumps({"token": client["token"], "amount_cents": 1}).encode()
         auth = f"Bearer {client['session']}"
+        nonlocal sent
         try:
-            while (now := time.perf_counter()) < deadline:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            while (now := time.time()) < deadline:
+                sent += 1
                 status, answer = await _post(reader, writer, host, "/merchant/redeem",
                                              {"Authorization": auth, "Idempotency-Key": uuid.uuid4().hex}, body)
-                done = time.perf_counter()
+                done = time.time()
                 if status != 201:
                     failures.append(f"{status} {answer[:200]!r}")
                     return
@@ -83,15 +88,22 @@ async def load(port: int, clients: list[dict], seconds: float) -> dict:
             writer.close()
 
     await asyncio.gather(*(phone(c) for c in clients))
-    elapsed = time.perf_counter() - measure_from
-    latencies.sort()
+    return {"latencies": latencies, "failures": failures[:5], "sent": sent, "cpu_s": time.process_time() - cpu_started}
+
+
+def _summary(parts: list[dict], seconds: float) -> dict:
+    latencies = sorted(latency for part in parts for latency in part["latencies"])
 
     def pct(p: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) if latencies else 0.0
 
-    return {"redeemed": len(latencies), "seconds": round(elapsed, 2),
-            "redeem_per_s": round(len(latencies) / elapsed), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "failures": failures[:5]}
+    return {"redeemed": len(latencies), "seconds": seconds, "redeem_per_s": round(len(latencies) / seconds),
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "failures": [failure for part in parts for failure in part["failures"]][:5],
+            # The load processes' own CPU per answer: if it neared the time between answers, the
+            # load generator would be what is measured.
+            "load_cpu_us_per_redeem": round(1e6 * sum(part["cpu_s"] for part in parts)
+                                            / max(1, sum(part["sent"] for part in parts)))}
 
 
 # --- the parent: database, seed, server, then the load process -----------------------------
@@ -150,6 +162,28 @@ async def seed(url: str, clients: int) -> list[dict]:
     return seeded
 
 
+def _tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds (user + system) of a process, its reaped children and its live descendants."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()  # from field 3 (state) on
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0)
+        stack.extend(children.get(pid, ()))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
     import httpx
 
@@ -166,7 +200,7 @@ def _wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError("the server did not become healthy in 60 s")
 
 
-def main(seconds: float, workers: int, clients: int) -> dict:
+def main(seconds: float, workers: int, clients: int, load_processes: int) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="merchants-bench-"))
     os.environ["CIRCUIT_DATA_DIR"] = str(directory)
     os.environ["CIRCUIT_RECEIPT_KEY_FILE"] = str(directory / "receipt-key.pem")
@@ -186,20 +220,41 @@ def main(seconds: float, workers: int, clients: int) -> dict:
                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )
         _wait_healthy(port, server, log_path)
-        clients_file = directory / "clients.json"
-        clients_file.write_text(json.dumps(seeded))
-        loader = subprocess.run(
-            [sys.executable, __file__, "--load", str(port), str(clients_file), "--seconds", str(seconds)],
-            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "STRUCTLOG_LEVEL": "warning"},
-        )
-        if loader.returncode != 0:
-            raise RuntimeError(loader.stderr[-4000:])
-        measured = json.loads(loader.stdout.strip().splitlines()[-1])
+        # Several load processes (each its share of the phones on its own event loop), started
+        # together and measuring the same wall-clock window.
+        start_at = time.time() + 2.0
+        loaders = []
+        for index in range(load_processes):
+            share = directory / f"clients-{index}.json"
+            share.write_text(json.dumps(seeded[index::load_processes]))
+            loaders.append(subprocess.Popen(
+                [sys.executable, __file__, "--load", str(port), str(share), "--seconds", str(seconds),
+                 "--start-at", repr(start_at)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                env={**os.environ, "STRUCTLOG_LEVEL": "warning"},
+            ))
+        # CPU spent by the server's processes and by PostgreSQL's over the measured window: what
+        # a redemption costs whatever else the machine runs (the throughput depends on that).
+        postmaster = int((directory / "pg" / "postmaster.pid").read_text().split()[0])
+        time.sleep(max(0.0, start_at + WARMUP_SECONDS - time.time()))
+        cpu_before = _tree_cpu_s(server.pid), _tree_cpu_s(postmaster)
+        time.sleep(max(0.0, start_at + WARMUP_SECONDS + seconds - time.time()))
+        cpu_used = _tree_cpu_s(server.pid) - cpu_before[0], _tree_cpu_s(postmaster) - cpu_before[1]
+        parts = []
+        for loader in loaders:
+            out, err = loader.communicate()
+            if loader.returncode != 0:
+                raise RuntimeError(err[-4000:])
+            parts.append(json.loads(out.strip().splitlines()[-1]))
+        measured = _summary(parts, seconds)
         if measured["failures"]:
             raise RuntimeError(f"refused redemptions during the run: {measured['failures']}")
         return {"bench": "redeem_http", "clients": clients, "redeem_per_s": measured["redeem_per_s"],
                 "p50_ms": measured["p50_ms"], "p99_ms": measured["p99_ms"], "workers": workers,
-                "redeemed": measured["redeemed"], "seconds": measured["seconds"]}
+                "load_processes": load_processes, "redeemed": measured["redeemed"], "seconds": measured["seconds"],
+                "load_cpu_us_per_redeem": measured["load_cpu_us_per_redeem"],
+                "server_cpu_ms_per_redeem": round(1000 * cpu_used[0] / max(1, measured["redeemed"]), 2),
+                "postgres_cpu_ms_per_redeem": round(1000 * cpu_used[1] / max(1, measured["redeemed"]), 2)}
     finally:
         if server is not None:
             server.terminate()
@@ -215,10 +270,14 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=2, metavar=("PORT", "CLIENTS_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
         port, clients_file = int(args.load[0]), Path(args.load[1])
-        print(json.dumps(asyncio.run(load(port, json.loads(clients_file.read_text()), args.seconds))))
+        import uvloop  # the server's event loop too (uvicorn[standard])
+
+        print(json.dumps(uvloop.run(load(port, json.loads(clients_file.read_text()), args.seconds, args.start_at))))
     else:
-        print(json.dumps(main(args.seconds, args.workers, args.clients)))
+        print(json.dumps(main(args.seconds, args.workers, args.clients, args.load_processes)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -174,8 +175,20 @@ RULE_FIELDS = (
 )
 
 
+# The rules' column names, in order: a caller that reads them inside a larger statement
+# (``p.<column>``) builds the rules with :func:`rules_from_values`.
+RULE_COLUMNS = tuple(_COLUMNS.split(", "))
+
+
+def rules_from_values(values: Sequence[Any]) -> ProgrammeRules:
+    return _rules_of(dict(zip(RULE_COLUMNS, values, strict=True)))
+
+
 def _rules(row: Any) -> ProgrammeRules:
-    values = dict(row._mapping)
+    return _rules_of(dict(row._mapping))
+
+
+def _rules_of(values: dict[str, Any]) -> ProgrammeRules:
     values["categories_allowed"] = None if values["categories_allowed"] is None else tuple(values["categories_allowed"])
     for name in ("categories_excluded", "merchants_allowed", "merchants_denied"):
         values[name] = tuple(values[name])

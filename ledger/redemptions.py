@@ -15,17 +15,18 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.canonical import canonical, utc_text
 from audit.keys import SigningKey, verify_signature
 from ledger import merchants, tokens, vouchers
-from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound
-from ledger.programmes import NotAcceptedHere, ProgrammeRules, acceptance, get_rules
+from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound, from_database
+from ledger.programmes import RULE_COLUMNS, NotAcceptedHere, ProgrammeRules, acceptance, get_rules, rules_from_values
 from ledger.takings import paris_day
 from ledger.transfers import AMOUNT_CENTS_MAX, KEY_LENGTH_MAX, Posting, transfer
 
@@ -152,53 +153,102 @@ async def _public_keys(conn: AsyncConnection, key_id: str) -> dict[str, bytes]:
     return _public_keys_known
 
 
-# What a scan needs besides the programme's rules, in one round trip: the voucher, its
-# available balance, the shop's status and category, its approval for the programme, its
-# account in the programme's unit, and an earlier taking under this idempotency key.
+# What a scan needs, in one round trip: the voucher, its available balance, the shop's
+# status and category, its approval for the programme, its account in the programme's unit,
+# an earlier taking under this idempotency key (with its receipt), and the programme's rules.
+# ``{merchant}`` is the shop's id: a parameter here, or a column of an enclosing statement
+# (the HTTP redeem reads the signed-in staff member, its rate limit and this in one go).
 _VOUCHER_FIELDS = len(fields(vouchers.Voucher))
-_SCAN_SQL = """
+SCAN_TEMPLATE = """
     SELECT {voucher_columns},
            va.balance_cents - va.pending_debits_cents AS available_cents,
            m.status AS merchant_status, m.category, mp.status AS approval,
-           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = :owner_id
+           (SELECT a.id FROM accounts a WHERE a.owner_type = 'merchant' AND a.owner_id = CAST(m.id AS text)
               AND a.kind = 'merchant' AND a.unit = p.unit ORDER BY a.id LIMIT 1) AS merchant_account_id,
            r.kind AS replay_kind, r.voucher_id AS replay_voucher_id, r.amount_cents AS replay_amount_cents,
-           r.transfer_id AS replay_transfer_id
+           r.transfer_id AS replay_transfer_id, r.receipt, r.receipt_signature, r.receipt_key_id,
+           {rule_columns}
     FROM vouchers v
     JOIN accounts va ON va.id = v.account_id
     JOIN programmes p ON p.id = v.programme_id
-    JOIN merchants m ON m.id = :merchant_id
+    JOIN merchants m ON m.id = {merchant}
     LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
     LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
     WHERE {where}
-""".replace("{voucher_columns}", ", ".join(f"v.{field.name}" for field in fields(vouchers.Voucher)))
-_SCAN_BY_ID_SQL = text(_SCAN_SQL.replace("{where}", "v.id = :voucher_id"))
-_SCAN_BY_CODE_SQL = text(_SCAN_SQL.replace("{where}", "v.code = :code"))
+""".replace("{voucher_columns}", ", ".join(f"v.{field.name}" for field in fields(vouchers.Voucher))).replace(
+    "{rule_columns}", ", ".join(f"p.{column} AS rule_{column}" for column in RULE_COLUMNS))
+SCAN_COLUMNS = _VOUCHER_FIELDS + 12 + len(RULE_COLUMNS)
+# A token names the voucher's id, a typed code its code: one statement each, so that each
+# keeps its index whatever plan the server caches.
+SCAN_BY_ID = "v.id = :voucher_id"
+SCAN_BY_CODE = "v.code = :code"
+_SCAN_SQL = {where: text(SCAN_TEMPLATE.replace("{merchant}", ":merchant_id").replace("{where}", where))
+             for where in (SCAN_BY_ID, SCAN_BY_CODE)}
 
 
-async def _scan(conn: AsyncConnection, merchant_id: int, *, token: str | None, code: str | None,
-                client_key: str | None) -> tuple[vouchers.Voucher, Any]:
-    """The voucher of a scanned token or a typed code and the shop's context, or a refusal
-    among the scheme's codes (``bad_signature``, ``unknown_voucher``)."""
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a scanned token or typed code names, before the database is read: the voucher's
+    id (token) or its code, or the refusal to give once the caller may know it."""
+
+    voucher_id: int | None
+    programme_id: int | None
+    code: str | None
+    refusal: DomainError | None
+
+    @property
+    def where(self) -> str:
+        """Which of SCAN_BY_ID, SCAN_BY_CODE finds it (with :attr:`params`)."""
+        return SCAN_BY_CODE if self.code is not None else SCAN_BY_ID
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"code": self.code} if self.code is not None else {"voucher_id": self.voucher_id}
+
+
+class Scanned(NamedTuple):
+    voucher: vouchers.Voucher
+    context: Any  # the scan's columns: available_cents, merchant_status, … (see SCAN_TEMPLATE)
+    programme: ProgrammeRules
+
+
+async def lookup(conn: AsyncConnection, *, token: str | None, code: str | None) -> Lookup:
+    """Check a scanned token's signature (or a typed code's check symbol) without reading the
+    voucher; a failure is kept in ``refusal`` (``bad_signature``, ``unknown_voucher``)."""
     if bool(token) == bool(code):
-        raise UnknownVoucher("Send either the scanned token or the typed code.",
-                             message_fr="Envoyez soit le titre scanné, soit le code saisi.")
-    params = {"merchant_id": merchant_id, "owner_id": str(merchant_id), "client_key": client_key}
+        return Lookup(None, None, None, UnknownVoucher("Send either the scanned token or the typed code.",
+                                                       message_fr="Envoyez soit le titre scanné, soit le code saisi."))
     try:
         if token:
             claims = tokens.verify_token(token, await _public_keys(conn, tokens.read_token(token)[0].key_id))
-            row = (await conn.execute(_SCAN_BY_ID_SQL, {**params, "voucher_id": claims.voucher_id})).one_or_none()
-            if row is not None and row.programme_id != claims.programme_id:
-                row = None
-        else:
-            row = (await conn.execute(_SCAN_BY_CODE_SQL, {**params, "code": tokens.parse_code(code or "")})).one_or_none()
+            return Lookup(claims.voucher_id, claims.programme_id, None, None)
+        return Lookup(None, None, tokens.parse_code(code or ""), None)
     except (tokens.BadSignature, tokens.UnknownSigningKey) as error:
-        raise BadSignature(reason=error.code) from None
+        return Lookup(None, None, None, BadSignature(reason=error.code))
     except (tokens.TokenMalformed, tokens.CodeMalformed, tokens.CodeCheckFailed) as error:
-        raise UnknownVoucher(reason=error.code) from None
-    if row is None:
+        return Lookup(None, None, None, UnknownVoucher(reason=error.code))
+
+
+def scanned(found: Lookup, row: Any, *, offset: int = 0) -> Scanned:
+    """The voucher and the shop's context from a row whose columns from ``offset`` on are
+    ``SCAN_TEMPLATE``'s (None, or all NULL when no voucher matched), or the lookup's refusal."""
+    if found.refusal is not None:
+        raise found.refusal
+    if row is None or row[offset] is None or (found.programme_id is not None and row[offset + 1] != found.programme_id):
         raise UnknownVoucher(reason="voucher_not_found")
-    return vouchers.Voucher(*row[:_VOUCHER_FIELDS]), row
+    end = offset + SCAN_COLUMNS
+    return Scanned(vouchers.Voucher(*row[offset:offset + _VOUCHER_FIELDS]), row,
+                   rules_from_values(row[end - len(RULE_COLUMNS):end]))
+
+
+async def _scan(conn: AsyncConnection, merchant_id: int, *, token: str | None, code: str | None,
+                client_key: str | None) -> Scanned:
+    found = await lookup(conn, token=token, code=code)
+    row = None
+    if found.refusal is None:
+        row = (await conn.execute(_SCAN_SQL[found.where], {"merchant_id": merchant_id, "client_key": client_key,
+                                              **found.params})).one_or_none()
+    return scanned(found, row)
 
 
 def _check_taking(merchant: Any, programme: ProgrammeRules, merchant_id: int, voucher: vouchers.Voucher) -> None:
@@ -215,8 +265,7 @@ def _check_taking(merchant: Any, programme: ProgrammeRules, merchant_id: int, vo
 async def preview(conn: AsyncConnection, *, merchant_id: int, token: str | None = None, code: str | None = None) -> Preview:
     """What the voucher is; a refusal of a known voucher is returned in ``refusal``, so the
     cashier sees what it is and why not. An unknown or forged voucher is raised."""
-    voucher, context = await _scan(conn, merchant_id, token=token, code=code, client_key=None)
-    programme = await get_rules(conn, voucher.programme_id)
+    voucher, context, programme = await _scan(conn, merchant_id, token=token, code=code, client_key=None)
     balance_cents = context.available_cents
     refusal = None
     try:
@@ -311,7 +360,17 @@ async def _record(
         "event_type": f"voucher.{'refunded' if kind == 'refund' else 'redeemed'}",
         "event": orjson.dumps(event).decode(),
     })).one()
-    event = {"taking_id": taking_id, **event, "voucher_balance_after_cents": balance_after}
+    return await _sign_and_insert(
+        conn, key, event={"taking_id": taking_id, **event, "voucher_balance_after_cents": balance_after},
+        programme=programme, voucher=voucher, effective_at=effective_at, audit_event_id=audit_event_id,
+        client_key=client_key)
+
+
+async def _sign_and_insert(
+    conn: AsyncConnection, key: SigningKey, *, event: dict[str, Any], programme: ProgrammeRules,
+    voucher: vouchers.Voucher, effective_at: datetime, audit_event_id: int, client_key: str,
+) -> Receipt:
+    """Sign the receipt of a taking (``event``: what its audit event says) and write its row."""
     body = {
         "v": RECEIPT_VERSION, **event, "unit": programme.unit, "programme_name": programme.name,
         "code_hint": _hint(voucher.code), "at": utc_text(effective_at), "audit_event_id": audit_event_id,
@@ -320,11 +379,11 @@ async def _record(
     raw = canonical(body)
     signature = key.sign(RECEIPT_DOMAIN, raw)
     await conn.execute(_INSERT_TAKING_SQL, {
-        "id": taking_id, "merchant_id": merchant_id, "programme_id": programme.id, "kind": kind, "amount_cents": signed_cents,
-        "transfer_id": transfer_id, "voucher_id": voucher.id, "refund_of": refund_of,
-        "effective_at": effective_at, "user_id": user_id, "client_key": client_key,
-        "balance_after_cents": balance_after, "audit_event_id": audit_event_id, "receipt": raw,
-        "receipt_signature": signature, "receipt_key_id": key.key_id,
+        "id": event["taking_id"], "merchant_id": event["merchant_id"], "programme_id": programme.id,
+        "kind": event["kind"], "amount_cents": event["amount_cents"], "transfer_id": event["transfer_id"],
+        "voucher_id": voucher.id, "refund_of": event["refund_of"], "effective_at": effective_at,
+        "user_id": event["user_id"], "client_key": client_key, "balance_after_cents": event["voucher_balance_after_cents"],
+        "audit_event_id": audit_event_id, "receipt": raw, "receipt_signature": signature, "receipt_key_id": key.key_id,
     })
     # The body as signed (canonical key order), so a replay's answer is byte for byte the same.
     return Receipt(orjson.loads(raw), b64url(signature), key.key_id)
@@ -344,13 +403,34 @@ async def redeem(
     """Take ``amount_cents`` from the voucher for this shop; the same ``client_key`` again
     returns the first receipt and moves nothing."""
     _check_client_key(client_key)
-    voucher, context = await _scan(conn, merchant_id, token=token, code=code, client_key=client_key)
+    found = await _scan(conn, merchant_id, token=token, code=code, client_key=client_key)
+    return await take(conn, key, found, merchant_id=merchant_id, user_id=user_id, amount_cents=amount_cents,
+                      client_key=client_key, actor=actor)
+
+
+_MOVE_SQL = text(
+    """
+    SELECT transfer_id, created, taking_id, effective_at, balance_after_cents, audit_event_id
+    FROM merchant_redeem_move(:key, :voucher_account_id, :merchant_account_id, :amount_cents,
+                              CAST(:metadata AS jsonb), CAST(:event AS jsonb), :actor)
+    """
+)
+
+
+async def take(
+    conn: AsyncConnection, key: SigningKey, found: Scanned, *, merchant_id: int, user_id: int, amount_cents: int,
+    client_key: str, actor: str,
+) -> Receipt:
+    """Redeem a scanned voucher (:func:`redeem` once the scan is read): two statements, the
+    ledger move with its audit event (``merchant_redeem_move``) and the takings row with the
+    signed receipt. A database refusal aborts the transaction: the caller rolls it back."""
+    _check_client_key(client_key)
+    voucher, context, programme = found
     if context.replay_kind is not None:
         if (context.replay_kind, context.replay_voucher_id, context.replay_amount_cents) != ("redeem", voucher.id, amount_cents):
             raise IdempotencyConflict(key=client_key)
-        return await _receipt_of_transfer(conn, context.replay_transfer_id)
+        return stored_receipt(context)
     _check_amount(amount_cents)
-    programme = await get_rules(conn, voucher.programme_id)
     _check_taking(context, programme, merchant_id, voucher)
     merchant_account = context.merchant_account_id
     if merchant_account is None:  # approval opens it; its absence is a broken approval, not the cashier's fault
@@ -361,21 +441,33 @@ async def redeem(
             raise AmountInvalid("This voucher must be used in one go, for its whole balance.",
                                 message_fr="Ce titre s'utilise en une seule fois, pour tout son solde.",
                                 reason="whole_balance_only", available_cents=whole)
+    event = {
+        "kind": "redeem", "merchant_id": merchant_id, "programme_id": programme.id, "voucher_id": voucher.id,
+        "amount_cents": amount_cents, "refund_of": None, "user_id": user_id,
+    }
     try:
-        result = await transfer(
-            conn, key=f"voucher.redeem:{merchant_id}:{client_key}", kind="voucher.redeem",
-            postings=[Posting(voucher.account_id, -amount_cents), Posting(merchant_account, amount_cents)],
-            metadata={"merchant_id": merchant_id, "voucher_id": voucher.id, "programme_id": programme.id,
-                      "user_id": user_id},
-        )
-    except InsufficientFunds as error:
-        raise InsufficientBalance(available_cents=error.details.get("available_cents", 0),
-                                  amount_cents=amount_cents) from None
-    if not result.created:  # the same request, committed by a concurrent twin
-        return await _receipt_of_transfer(conn, result.transfer_id)
-    return await _record(conn, key, kind="redeem", merchant_id=merchant_id, programme=programme, voucher=voucher,
-                         amount_cents=amount_cents, transfer_id=result.transfer_id, user_id=user_id,
-                         client_key=client_key, refund_of=None, actor=actor)
+        moved = (await conn.execute(_MOVE_SQL, {
+            "key": f"voucher.redeem:{merchant_id}:{client_key}", "voucher_account_id": voucher.account_id,
+            "merchant_account_id": merchant_account, "amount_cents": amount_cents, "actor": actor,
+            "metadata": orjson.dumps({"merchant_id": merchant_id, "voucher_id": voucher.id,
+                                      "programme_id": programme.id, "user_id": user_id}).decode(),
+            "event": orjson.dumps(event).decode(),
+        })).one()
+    except DBAPIError as error:
+        refusal = from_database(error)
+        if isinstance(refusal, InsufficientFunds):
+            raise InsufficientBalance(available_cents=refusal.details.get("available_cents", 0),
+                                      amount_cents=amount_cents) from None
+        if refusal is None:
+            raise
+        raise refusal from None
+    if not moved.created:  # the same request, committed by a concurrent twin
+        return await _receipt_of_transfer(conn, moved.transfer_id)
+    return await _sign_and_insert(
+        conn, key, event={"taking_id": moved.taking_id, **event, "transfer_id": moved.transfer_id,
+                          "voucher_balance_after_cents": moved.balance_after_cents},
+        programme=programme, voucher=voucher, effective_at=moved.effective_at, audit_event_id=moved.audit_event_id,
+        client_key=client_key)
 
 
 # --- refund ---------------------------------------------------------------------------------

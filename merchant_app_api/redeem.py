@@ -12,16 +12,27 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from api.auth import bearer_token, hash_token
 from api.errors import ApiError
+from api.throttle import HIT_STATEMENT
 from ledger import redemptions
 from merchant_app_api.receipts import receipt_signing_key
-from merchant_app_api.staff import Staff, provide_scanning_staff, provide_staff
+from merchant_app_api.staff import (
+    SCANNING_STAFF_COLUMNS,
+    SCANNING_STAFF_CTE,
+    SCANNING_STAFF_WIDTH,
+    Staff,
+    provide_scanning_staff,
+    provide_staff,
+    scan_limit_key,
+    scanning_staff,
+)
 
 REFUND_WINDOW_DAYS = int(os.environ.get("CIRCUIT_REFUND_WINDOW_DAYS", str(redemptions.REFUND_WINDOW_DAYS_DEFAULT)))
 
@@ -86,6 +97,27 @@ def receipt_response(receipt: redemptions.Receipt) -> Response[ReceiptOut]:
                     status_code=200 if receipt.replayed else 201)
 
 
+_REDEEM_TEMPLATE = f"""
+    WITH {SCANNING_STAFF_CTE}
+    SELECT {SCANNING_STAFF_COLUMNS}, scan.*
+    FROM staff LEFT JOIN hit ON true
+    LEFT JOIN LATERAL ({redemptions.SCAN_TEMPLATE.replace("{merchant}", "staff.merchant_id")}) AS scan ON true
+"""
+_REDEEM_SQL = {where: text(_REDEEM_TEMPLATE.replace("{where}", where))
+               for where in (redemptions.SCAN_BY_ID, redemptions.SCAN_BY_CODE)}
+
+
+async def _count_scan_alone(engine: AsyncEngine, limit_key: str) -> None:
+    """Count a refused redemption's scan against the device's limit on its own: the
+    redemption's transaction, where it was counted first, is rolled back whole."""
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(_COUNT_SCAN_SQL, {"key": limit_key, "window_s": 60})
+
+
+_COUNT_SCAN_SQL = text(HIT_STATEMENT)
+
+
 class RedeemController(Controller):
     path = "/merchant"
     tags = ["merchant app"]
@@ -103,18 +135,38 @@ class RedeemController(Controller):
             RefusalOut(refusal.code, refusal.message, refusal.message_fr, refusal.details) if refusal else None,
         )
 
-    @post("/redeem")
+    @post("/redeem", exclude_from_auth=True)
     async def redeem(
-        self, scanner: NamedDependency[Staff], data: JSONBody[RedeemIn], db_engine: NamedDependency[AsyncEngine],
+        self, request: Request[Any, Any, Any], data: JSONBody[RedeemIn], db_engine: NamedDependency[AsyncEngine],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[ReceiptOut]:
-        client_key = _require_key(idempotency_key)
-        async with db_engine.begin() as conn:
-            receipt = await redemptions.redeem(
-                conn, receipt_signing_key(), merchant_id=scanner.merchant_id, user_id=scanner.user_id,
-                amount_cents=data.amount_cents, client_key=client_key, token=data.token, code=data.code,
-                actor=scanner.actor,
-            )
+        """The till's hot path: the token is checked here rather than by the middleware, so that
+        the session, the device's rate limit, the voucher, the shop and the programme's rules
+        are one statement; then the ledger move, then the takings row with the signed receipt."""
+        token_hash = hash_token(bearer_token(request.headers.get("authorization", "")))
+        limit_key = scan_limit_key(token_hash)
+        counted = False
+        async with db_engine.connect() as conn:
+            await conn.begin()
+            try:
+                found = await redemptions.lookup(conn, token=data.token, code=data.code)
+                row = (await conn.execute(_REDEEM_SQL[found.where], {
+                    "hash": token_hash, "key": limit_key, "window_s": 60, "client_key": idempotency_key,
+                    **found.params})).one_or_none()
+                counted = row is not None and row.hits is not None
+                scanner = scanning_staff(row)
+                client_key = _require_key(idempotency_key)
+                receipt = await redemptions.take(
+                    conn, receipt_signing_key(), redemptions.scanned(found, row, offset=SCANNING_STAFF_WIDTH),
+                    merchant_id=scanner.merchant_id, user_id=scanner.user_id, amount_cents=data.amount_cents,
+                    client_key=client_key, actor=scanner.actor,
+                )
+            except Exception:
+                await conn.rollback()
+                if counted:
+                    await _count_scan_alone(db_engine, limit_key)
+                raise
+            await conn.commit()
         return receipt_response(receipt)
 
     @post("/takings/{taking_id:int}/refund")

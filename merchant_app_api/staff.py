@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import pyotp
@@ -24,9 +25,9 @@ from litestar.params import FromPath, JSONBody
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.auth import AuthUser, Role, create_user
+from api.auth import VALID_SESSION, AuthUser, Role, create_user, unknown_token
 from api.errors import ApiError
-from api.throttle import HIT_STATEMENT, check_hits
+from api.throttle import HIT_STATEMENT, HIT_UPSERT, check_hits
 from audit.chain import append
 from ledger import merchants
 
@@ -86,6 +87,41 @@ _SCANNING_STAFF_SQL = text(
 )
 
 
+# For a route that checks the token itself (``exclude_from_auth``) and reads more in the same
+# statement: the token's staff member (``staff``, the middleware's conditions) and, for a
+# member of a shop's staff, one scan counted against the device's limit (``hit``), inside the
+# route's transaction. Select SCANNING_STAFF_COLUMNS first, then read them with scanning_staff().
+SCANNING_STAFF_CTE = f"""
+    staff AS (
+        SELECT u.id, u.email, u.role, u.merchant_id, m.status, u.totp_secret IS NOT NULL AS totp_enrolled,
+               s.id AS session_id
+        FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN merchants m ON m.id = u.merchant_id
+        WHERE {VALID_SESSION}),
+    hit AS ({HIT_UPSERT.replace("{source}", "staff WHERE staff.role IN ('merchant_owner', 'merchant_cashier') AND staff.merchant_id IS NOT NULL")})
+"""
+SCANNING_STAFF_COLUMNS = (
+    "staff.id AS staff_user_id, staff.email AS staff_email, staff.role AS staff_role, "
+    "staff.merchant_id AS staff_merchant_id, staff.status AS staff_merchant_status, "
+    "staff.totp_enrolled AS staff_totp_enrolled, staff.session_id AS staff_session_id, hit.hits, hit.left_s"
+)
+SCANNING_STAFF_WIDTH = 9
+
+
+def scan_limit_key(token_hash: bytes) -> str:
+    return f"scan:session:{token_hash.hex()[:32]}"
+
+
+def scanning_staff(row: Sequence[Any] | None) -> Staff:
+    """The staff member of a row starting with SCANNING_STAFF_COLUMNS (None: no such token),
+    refused in the order the middleware and provide_scanning_staff() refuse."""
+    if row is None:
+        raise unknown_token()
+    if row[2] not in _MERCHANT_ROLES or row[3] is None:
+        raise ApiError(403, "forbidden", "This is for a shop's staff.", detail_fr="Réservé au personnel d'un commerce.")
+    check_hits(row[7], row[8], SCANS_PER_SESSION_PER_MINUTE)
+    return _enrolled(Staff(*row[:7]))
+
+
 async def _load(request: Request[AuthUser, str, object], engine: AsyncEngine, *, scan: bool = False) -> Staff:
     user = request.user
     if user.role not in _MERCHANT_ROLES or user.merchant_id is None:
@@ -97,7 +133,7 @@ async def _load(request: Request[AuthUser, str, object], engine: AsyncEngine, *,
         if not scan:
             return Staff(*(await autocommit.execute(_STAFF_SQL, params)).one())
         row = (await autocommit.execute(_SCANNING_STAFF_SQL, {
-            **params, "key": f"scan:session:{user.session_hash.hex()[:32]}", "window_s": 60})).one()
+            **params, "key": scan_limit_key(user.session_hash), "window_s": 60})).one()
     check_hits(row.hits, row.left_s, SCANS_PER_SESSION_PER_MINUTE)
     return Staff(*row[:7])
 

@@ -259,3 +259,35 @@ async def test_scans_are_rate_limited_per_device(client, approved_merchant, issu
     limited = await _redeem(client, shop, 100, token=voucher.token)
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
     assert limited.json()["retry_after_s"] >= 1 and limited.json()["detail_fr"]
+
+
+async def test_refused_redemptions_count_against_the_device_limit(client, engine, approved_merchant, issue_voucher,
+                                                                   merchant_programme, monkeypatch):
+    """A refusal rolls the redemption back whole, yet its scan still counts, whether Python
+    refused it (unknown voucher) or the database did (the ledger's floor)."""
+    import merchant_app_api.staff
+
+    shop = await approved_merchant()
+    voucher = await issue_voucher(1000, programme=merchant_programme)
+    monkeypatch.setattr(merchant_app_api.staff, "SCANS_PER_SESSION_PER_MINUTE", 3)
+    _assert_refused(await _redeem(client, shop, 100, code="NOT-A-CODE"), "unknown_voucher", 404)
+    _assert_refused(await _redeem(client, shop, 5000, token=voucher.token), "insufficient_balance", 409)
+    assert (await _redeem(client, shop, 100, token=voucher.token)).status_code == 201
+    _assert_refused(await _redeem(client, shop, 100, token=voucher.token), "rate_limited", 429)
+    async with engine.connect() as conn:
+        balance = await conn.scalar(text("SELECT balance_cents FROM accounts WHERE id = :id"), {"id": voucher.account_id})
+        takings = await conn.scalar(text("SELECT count(*) FROM merchant_takings WHERE voucher_id = :id"), {"id": voucher.id})
+    assert (balance, takings) == (900, 1)
+
+
+async def test_an_unknown_token_leaves_no_rate_limit_row(client, engine):
+    from api.auth import hash_token
+    from merchant_app_api.staff import scan_limit_key
+
+    token = f"ck_not-a-session-{uuid.uuid4().hex}"
+    answer = await client.post("/merchant/redeem", json={"code": "X", "amount_cents": 1},
+                               headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k"})
+    assert answer.status_code == 401 and answer.json()["code"] == "unauthenticated"
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM auth_throttle WHERE key = :key"),
+                                 {"key": scan_limit_key(hash_token(token))}) == 0
