@@ -122,10 +122,11 @@ def verify_archive(path: Path, pinned: list[bytes] | None = None, *, workers: in
         manifest_bytes = archive.read("manifest.json")
         manifest = json.loads(manifest_bytes)
         signature = bytes.fromhex(archive.read("manifest.sig").decode().strip())
-        keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in json.loads(archive.read("keys.json"))["keys"]}
+        contents = {name: archive.read(name) for name in FILES}  # each decompressed once
+        keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in json.loads(contents["keys.json"])["keys"]}
         checkpoints = [Checkpoint(c["size"], c["statement"].encode(), c["key_id"], bytes.fromhex(c["signature"]))
-                       for c in map(json.loads, archive.read("checkpoints.jsonl").splitlines())]
-        records = archive.read("records.jsonl")
+                       for c in map(json.loads, contents["checkpoints.jsonl"].splitlines())]
+        records = contents["records.jsonl"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         return Report(problem=Problem(f"not a readable Circuit audit archive: {error}"))
     if manifest.get("format") != FORMAT:
@@ -154,7 +155,7 @@ def verify_archive(path: Path, pinned: list[bytes] | None = None, *, workers: in
         report.problem = Problem("bad signature on the manifest (or signed by an unknown key)")
         return report
     for name in FILES:
-        if hashlib.sha256(archive.read(name)).hexdigest() != manifest["files"].get(name):
+        if hashlib.sha256(contents[name]).hexdigest() != manifest["files"].get(name):
             report.problem = Problem(f"{name} does not match the signed manifest")
             return report
     return report
