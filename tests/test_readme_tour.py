@@ -14,8 +14,8 @@ def test_the_readme_tour_and_audit_tour_run_as_written(tmp_path):
     with running(SERVE_DEMO, env, tmp_path / "serve.log") as base:
         script = "\n".join((readme_block("A five-minute tour"), readme_block("Audit:")))
         script = (script.replace("http://127.0.0.1:8000", base)
-                  .replace(".venv/bin/circuit", f"{sys.executable} -m api.cli")
-                  .replace("/tmp/", f"{tmp_path}/"))
+                  .replace("/tmp/", f"{tmp_path}/")
+                  .replace(".venv/bin/circuit", f"{sys.executable} -m api.cli"))
         result = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=300)
     out = result.stdout
@@ -25,7 +25,7 @@ def test_the_readme_tour_and_audit_tour_run_as_written(tmp_path):
     assert lines[1].endswith(" -> 201") and lines[2].endswith(" -> 200")
     assert lines[1].split(" -> ")[0] == lines[2].split(" -> ")[0]  # the same transfer, not a second one
     assert json.loads(lines[3])["code"] == "insufficient_funds"
-    assert lines[4].startswith("OK: ")
+    assert lines[4].startswith("OK: "), out + result.stderr
     assert '"checkpoint"' in out and '"inclusion_proof"' in out, out
     exported = next(line for line in lines if line.startswith("wrote ") and "circuit-audit.zip" in line)
     assert "signed by key" in exported
