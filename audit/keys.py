@@ -73,14 +73,21 @@ def load_key(path: Path) -> SigningKey:
     return SigningKey(private)
 
 
-def load_or_create(path: Path) -> SigningKey:
-    """The signing key at ``path``; on first start, a new one, with a warning to back it up."""
-    if path.exists():
-        return load_key(path)
-    key = generate()
-    write_key(key, path)
-    log.warning(
-        "audit_signing_key_created", path=str(path), key_id=key.key_id,
-        advice="back this file up and keep it off the database server: it signs the audit chain",
-    )
-    return key
+def load_or_create(path: Path, *, signs: str = "the audit chain") -> SigningKey:
+    """The signing key at ``path``; on first start, a new one, with a warning to back it up.
+
+    The new key is written aside, then linked into place in one step: a process starting at
+    the same moment either finds no file or a whole one, and the first link wins."""
+    if not path.exists():
+        key = generate()
+        aside = path.with_name(f".{path.name}.{os.getpid()}")
+        write_key(key, aside)
+        try:
+            os.link(aside, path)
+            log.warning("signing_key_created", path=str(path), key_id=key.key_id, signs=signs,
+                        advice=f"back this file up and keep it off the database server: it signs {signs}")
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
+    return load_key(path)

@@ -25,6 +25,7 @@ from stdnum.fr import siren as stdnum_siren
 from audit.chain import append
 from ledger.accounts import AccountKind, open_account
 from ledger.errors import DomainError, InvalidInput, NotFound
+from ledger.scheme import create_issuer as create_scheme_issuer
 from ledger.scheme import create_programme as create_scheme_programme
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -151,10 +152,7 @@ async def create_issuer(conn: AsyncConnection, *, name: str, siren: str, actor: 
     siren = validate_siren(siren)
     if not 1 <= len(name.strip()) <= 200:
         raise InvalidInput("an issuer's name has 1 to 200 characters", message_fr="Le nom de l'émetteur fait 1 à 200 caractères.")
-    issuer_id = (await conn.execute(
-        text("INSERT INTO issuers (name, siren) VALUES (:name, :siren) RETURNING id"),
-        {"name": name.strip(), "siren": siren},
-    )).scalar_one()
+    issuer_id = await create_scheme_issuer(conn, name=name.strip(), siren=siren)
     await append(conn, event_type="issuer.created", payload={"issuer_id": issuer_id, "name": name.strip(), "siren": siren},
                  actor=actor)
     return issuer_id

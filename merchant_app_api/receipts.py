@@ -14,7 +14,7 @@ from pathlib import Path
 
 from litestar import get
 
-from audit.keys import SigningKey, generate, load_key, write_key
+from audit.keys import SigningKey, load_or_create
 from ledger.database import data_dir
 from ledger.redemptions import RECEIPT_DOMAIN
 
@@ -28,18 +28,7 @@ def receipt_key_path() -> Path:
 
 @cache
 def _key_at(path: Path) -> SigningKey:
-    if not path.exists():
-        # Written aside, then linked into place in one step: a process starting at the same
-        # moment either finds no file or a whole one, and the first link wins.
-        aside = path.with_name(f".{path.name}.{os.getpid()}")
-        write_key(generate(), aside)
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-        finally:
-            aside.unlink()
-    return load_key(path)
+    return load_or_create(path, signs="the receipts shops are given")
 
 
 def receipt_signing_key() -> SigningKey:
