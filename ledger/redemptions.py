@@ -310,6 +310,17 @@ async def _replay(conn: AsyncConnection, merchant_id: int, client_key: str, **re
     return stored_receipt(row)
 
 
+async def receipt_of(conn: AsyncConnection, *, taking_id: int, merchant_id: int) -> Receipt:
+    """The receipt this shop was given for one of its takings."""
+    row = (await conn.execute(
+        text("SELECT receipt, receipt_signature, receipt_key_id FROM merchant_takings "
+             "WHERE id = :id AND merchant_id = :merchant_id AND receipt IS NOT NULL"),
+        {"id": taking_id, "merchant_id": merchant_id})).one_or_none()
+    if row is None:
+        raise TakingNotFound(taking_id=taking_id)
+    return stored_receipt(row)
+
+
 def stored_receipt(row: Any) -> Receipt:
     """The receipt kept on a taking row (columns receipt, receipt_signature, receipt_key_id)."""
     return Receipt(orjson.loads(bytes(row.receipt)), b64url(bytes(row.receipt_signature)), row.receipt_key_id,

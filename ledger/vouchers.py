@@ -359,10 +359,35 @@ def check_usable(voucher: Voucher, at: datetime | None = None) -> None:
         raise Expired(voucher_id=voucher.id, expired_at=voucher.expires_at.isoformat())
 
 
-async def available_cents(conn: AsyncConnection, voucher: Voucher) -> int:
-    return int(await conn.scalar(
-        text("SELECT balance_cents - pending_debits_cents FROM accounts WHERE id = :id"), {"id": voucher.account_id}
-    ))
+async def balances(conn: AsyncConnection, vouchers: Sequence[Voucher]) -> dict[int, int]:
+    """Each voucher account's balance, by account id, in one query."""
+    rows = (await conn.execute(
+        text("SELECT id, balance_cents FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": [v.account_id for v in vouchers]},
+    )).all()
+    return dict(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceEnquiry:
+    """What anyone holding a code may learn: what is left, in what unit, until when, and whether
+    it can still be spent. Nothing about who holds it or where it was spent."""
+
+    balance_cents: int
+    unit: str
+    expires_at: datetime
+    status: str
+
+
+async def balance_enquiry(conn: AsyncConnection, typed_code: str) -> BalanceEnquiry:
+    voucher = await voucher_for_code(conn, typed_code)
+    row = (await conn.execute(
+        text("SELECT balance_cents - pending_debits_cents AS available_cents, unit FROM accounts WHERE id = :id"),
+        {"id": voucher.account_id},
+    )).one()
+    usable = voucher.status == "active" and voucher.expires_at > datetime.now(timezone.utc)
+    return BalanceEnquiry(int(row.available_cents) if usable else 0, row.unit, voucher.expires_at,
+                          voucher.status if voucher.status != "active" or usable else "expired")
 
 
 # --- lifecycle ------------------------------------------------------------------------------

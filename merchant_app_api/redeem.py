@@ -186,11 +186,5 @@ class RedeemController(Controller):
     @get("/takings/{taking_id:int}/receipt")
     async def receipt(self, staff: NamedDependency[Staff], taking_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> ReceiptOut:
         async with db_engine.connect() as conn:
-            row = (await conn.execute(
-                text("SELECT receipt, receipt_signature, receipt_key_id FROM merchant_takings "
-                     "WHERE id = :id AND merchant_id = :merchant_id AND receipt IS NOT NULL"),
-                {"id": taking_id, "merchant_id": staff.merchant_id})).one_or_none()
-        if row is None:
-            raise redemptions.TakingNotFound(taking_id=taking_id)
-        found = redemptions.stored_receipt(row)
+            found = await redemptions.receipt_of(conn, taking_id=taking_id, merchant_id=staff.merchant_id)
         return ReceiptOut(found.body, found.signature, found.key_id)

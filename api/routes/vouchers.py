@@ -684,7 +684,7 @@ class OrdersController(Controller):
         async with db_engine.connect() as conn:
             await _order_for(conn, request.user, order_id)
             found = await voucher_domain.vouchers_of_order(conn, order_id)
-            balances = await _balances(conn, found)
+            balances = await voucher_domain.balances(conn, found)
         return [_voucher_out(v, balances[v.account_id]) for v in found]
 
     @get("/{order_id:int}/vouchers.pdf")
@@ -731,14 +731,6 @@ async def _issue_order(db_engine: AsyncEngine, user: AuthUser, order_id: int) ->
     return issued
 
 
-async def _balances(conn: AsyncConnection, vouchers: list[voucher_domain.Voucher]) -> dict[int, int]:
-    rows = (await conn.execute(
-        text("SELECT id, balance_cents FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))"),
-        {"ids": [v.account_id for v in vouchers]},
-    )).all()
-    return dict(rows)
-
-
 # --- vouchers: operators (lifecycle), holders (their own page) ------------------------------
 
 class VouchersController(Controller):
@@ -757,7 +749,7 @@ class VouchersController(Controller):
     async def voucher(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> VoucherOut:
         async with db_engine.connect() as conn:
             voucher = await self._voucher_for(conn, request.user, voucher_id)
-            return _voucher_out(voucher, (await _balances(conn, [voucher]))[voucher.account_id])
+            return _voucher_out(voucher, (await voucher_domain.balances(conn, [voucher]))[voucher.account_id])
 
     @get("/{voucher_id:int}/qr.png")
     async def qr(self, request: Request, voucher_id: FromPath[int], db_engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
@@ -780,7 +772,7 @@ class VouchersController(Controller):
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             old, new = await voucher_domain.revoke_and_reissue(conn, voucher_id, reason=data.reason, actor=_actor(request.user))
-            balances = await _balances(conn, [old] + ([new] if new else []))
+            balances = await voucher_domain.balances(conn, [old] + ([new] if new else []))
         return RevokedOut(_voucher_out(old, balances[old.account_id]),
                           _voucher_out(new, balances[new.account_id]) if new else None)
 
@@ -791,7 +783,7 @@ class VouchersController(Controller):
         async with db_engine.begin() as conn:
             await _begin(conn, request.user)
             voucher = await voucher_domain.extend_validity(conn, voucher_id, expires_at=expires_at, actor=_actor(request.user))
-            return _voucher_out(voucher, (await _balances(conn, [voucher]))[voucher.account_id])
+            return _voucher_out(voucher, (await voucher_domain.balances(conn, [voucher]))[voucher.account_id])
 
     @post("/expire", status_code=200, guards=[requires(Role.OPERATOR)])
     async def expire(self, request: Request, db_engine: NamedDependency[AsyncEngine]) -> ExpiryOut:
@@ -827,13 +819,9 @@ async def balance_enquiry(request: Request, data: JSONBody[BalanceIn], db_engine
     # Counted in the database (api/throttle.py): the limit holds across workers and processes.
     await hit(db_engine, f"{BALANCE_KEY_PREFIX}{client_ip(request)}", limit=BALANCE_REQUESTS_PER_MINUTE, window_s=60)
     async with db_engine.connect() as conn:
-        voucher = await voucher_domain.voucher_for_code(conn, data.code)
-        left = await voucher_domain.available_cents(conn, voucher)
-        unit = await conn.scalar(text("SELECT unit FROM accounts WHERE id = :id"), {"id": voucher.account_id})
-    usable = voucher.status == "active" and voucher.expires_at > datetime.now(timezone.utc)
-    return BalanceOut(left if usable else 0, unit, voucher.expires_at,
-                      (voucher.expires_at.astimezone(PARIS) - timedelta(seconds=1)).date(),
-                      voucher.status if voucher.status != "active" or usable else "expired")
+        found = await voucher_domain.balance_enquiry(conn, data.code)
+    return BalanceOut(found.balance_cents, found.unit, found.expires_at,
+                      (found.expires_at.astimezone(PARIS) - timedelta(seconds=1)).date(), found.status)
 
 
 @get(PAGE_PREFIX + "{secret:str}", exclude_from_auth=True, tags=["vouchers"], media_type="text/html")
