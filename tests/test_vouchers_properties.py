@@ -11,7 +11,7 @@ import csv
 import io
 import itertools
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -109,6 +109,14 @@ def test_issued_value_is_conserved_whatever_happens_to_the_vouchers(database_url
         loop.close()
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @settings(max_examples=80, deadline=None)
 @given(lines=st.lists(st.tuples(names, st.integers(1, 2_000_000)), min_size=1, max_size=20),
        encoding=st.sampled_from(["utf-8", "utf-8-sig", "cp1252"]), delimiter=st.sampled_from([",", ";", "\t"]),
@@ -120,7 +128,11 @@ def test_any_clean_list_survives_a_spreadsheet_export(lines, encoding, delimiter
     for name, cents in lines:
         written = f"{cents // 100}.{cents % 100:02d}"
         writer.writerow([name, "", written.replace(".", ",") if french_decimals else written])
-    parsed = parse_csv(out.getvalue().encode(encoding), min_cents=1, max_cents=2_000_000)
+    data = out.getvalue().encode(encoding)
+    # Windows-1252 bytes that are valid UTF-8 too ("Èœ" is also "Ȝ") cannot tell their encoding:
+    # the documented rule reads them as UTF-8, so only files that say which they are count here.
+    assume(encoding != "cp1252" or data.isascii() or not _is_utf8(data))
+    parsed = parse_csv(data, min_cents=1, max_cents=2_000_000)
     assert [(line.beneficiary_name, line.amount_cents) for line in parsed] == lines
 
 
