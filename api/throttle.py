@@ -32,19 +32,21 @@ T = TypeVar("T")
 # off for this transaction only), which keeps the check off the payment's critical path.
 # HIT_STATEMENT counts one hit on :key in a window of :window_s seconds and returns the count
 # and the seconds left in the window; a caller may wrap it in a CTE to read more in one trip.
-# HIT_UPSERT is the same upsert counting a hit for each row of {source}, for a statement that
-# runs inside a larger transaction (whose commit must stay durable).
+# HIT_UPSERT is the same upsert counting {hits} hits on {key} for each row of {source} (one row
+# per key), for a statement that runs inside a larger transaction (whose commit must stay
+# durable); it also returns the key.
 HIT_UPSERT = """
     INSERT INTO auth_throttle AS t (key, window_start, hits)
-    SELECT :key, now(), 1 FROM {source}
+    SELECT {key}, now(), {hits} FROM {source}
     ON CONFLICT (key) DO UPDATE SET
         window_start = CASE WHEN t.window_start <= now() - make_interval(secs => :window_s)
                             THEN now() ELSE t.window_start END,
         hits = CASE WHEN t.window_start <= now() - make_interval(secs => :window_s)
-                    THEN 1 ELSE t.hits + 1 END
-    RETURNING hits, extract(epoch FROM t.window_start + make_interval(secs => :window_s) - now()) AS left_s
+                    THEN excluded.hits ELSE t.hits + excluded.hits END
+    RETURNING hits, extract(epoch FROM t.window_start + make_interval(secs => :window_s) - now()) AS left_s, t.key
 """
-HIT_STATEMENT = HIT_UPSERT.replace("{source}", "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed")
+HIT_STATEMENT = HIT_UPSERT.replace("{key}", ":key").replace("{hits}", "1").replace(
+    "{source}", "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed")
 _HIT_SQL = text(HIT_STATEMENT)
 
 

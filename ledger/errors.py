@@ -140,14 +140,21 @@ def from_database(error: BaseException) -> DomainError | None:
     driver_error = getattr(orig, "__cause__", None) or orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(driver_error, "sqlstate", None)
     if sqlstate in _BY_SQLSTATE:
-        raw = getattr(driver_error, "detail", None)
-        try:
-            details = json.loads(raw) if raw else {}
-        except ValueError:
-            return _BY_SQLSTATE[sqlstate](raw)
-        return _BY_SQLSTATE[sqlstate](**details)
+        return refusal_of(sqlstate, getattr(driver_error, "detail", None))
     if sqlstate in ("23505", "23514"):
         constraint = getattr(driver_error, "constraint_name", None)
         if constraint in _BY_CONSTRAINT:
             return _BY_CONSTRAINT[constraint]()
     return None
+
+
+def refusal_of(sqlstate: str, detail: str | None) -> DomainError | None:
+    """The domain error a ledger refusal (SQLSTATE ``CL…`` and its DETAIL text) stands for,
+    or None; for a refusal caught inside the database and returned as values."""
+    if sqlstate not in _BY_SQLSTATE:
+        return None
+    try:
+        details = json.loads(detail) if detail else {}
+    except ValueError:
+        return _BY_SQLSTATE[sqlstate](detail)
+    return _BY_SQLSTATE[sqlstate](**details)

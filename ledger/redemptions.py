@@ -13,19 +13,21 @@ This module never speaks HTTP and never writes a balance itself.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.canonical import canonical, utc_text
 from audit.keys import SigningKey, verify_signature
 from ledger import merchants, tokens, vouchers
-from ledger.errors import DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound, from_database
+from ledger.errors import (
+    DomainError, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound, refusal_of,
+)
 from ledger.programmes import RULE_COLUMNS, NotAcceptedHere, ProgrammeRules, acceptance, get_rules, rules_from_values
 from ledger.takings import paris_day
 from ledger.transfers import AMOUNT_CENTS_MAX, KEY_LENGTH_MAX, Posting, transfer
@@ -147,17 +149,22 @@ def _hint(code: str) -> str:
 _public_keys_known: dict[str, bytes] = {}
 
 
-async def _public_keys(conn: AsyncConnection, key_id: str) -> dict[str, bytes]:
+async def _public_keys(source: AsyncConnection | AsyncEngine, key_id: str) -> dict[str, bytes]:
     if key_id not in _public_keys_known:
-        _public_keys_known.update(await vouchers.public_keys(conn))
+        if isinstance(source, AsyncEngine):
+            async with source.connect() as conn:
+                _public_keys_known.update(await vouchers.public_keys(conn))
+        else:
+            _public_keys_known.update(await vouchers.public_keys(source))
     return _public_keys_known
 
 
 # What a scan needs, in one round trip: the voucher, its available balance, the shop's
 # status and category, its approval for the programme, its account in the programme's unit,
 # an earlier taking under this idempotency key (with its receipt), and the programme's rules.
-# ``{merchant}`` is the shop's id: a parameter here, or a column of an enclosing statement
-# (the HTTP redeem reads the signed-in staff member, its rate limit and this in one go).
+# ``{merchant}`` is the shop's id and ``{client_key}`` the idempotency key: parameters here,
+# or columns of an enclosing statement (the HTTP redeem reads, for a batch of requests, each
+# signed-in staff member, its rate limit and this in one go).
 _VOUCHER_FIELDS = len(fields(vouchers.Voucher))
 SCAN_TEMPLATE = """
     SELECT {voucher_columns},
@@ -173,7 +180,7 @@ SCAN_TEMPLATE = """
     JOIN programmes p ON p.id = v.programme_id
     JOIN merchants m ON m.id = {merchant}
     LEFT JOIN merchant_programmes mp ON mp.merchant_id = m.id AND mp.programme_id = p.id
-    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = :client_key
+    LEFT JOIN merchant_takings r ON r.merchant_id = m.id AND r.client_key = {client_key}
     WHERE {where}
 """.replace("{voucher_columns}", ", ".join(f"v.{field.name}" for field in fields(vouchers.Voucher))).replace(
     "{rule_columns}", ", ".join(f"p.{column} AS rule_{column}" for column in RULE_COLUMNS))
@@ -182,7 +189,8 @@ SCAN_COLUMNS = _VOUCHER_FIELDS + 12 + len(RULE_COLUMNS)
 # keeps its index whatever plan the server caches.
 SCAN_BY_ID = "v.id = :voucher_id"
 SCAN_BY_CODE = "v.code = :code"
-_SCAN_SQL = {where: text(SCAN_TEMPLATE.replace("{merchant}", ":merchant_id").replace("{where}", where))
+_SCAN_SQL = {where: text(SCAN_TEMPLATE.replace("{merchant}", ":merchant_id").replace("{client_key}", ":client_key")
+                         .replace("{where}", where))
              for where in (SCAN_BY_ID, SCAN_BY_CODE)}
 
 
@@ -212,15 +220,17 @@ class Scanned(NamedTuple):
     programme: ProgrammeRules
 
 
-async def lookup(conn: AsyncConnection, *, token: str | None, code: str | None) -> Lookup:
+async def lookup(source: AsyncConnection | AsyncEngine, *, token: str | None, code: str | None) -> Lookup:
     """Check a scanned token's signature (or a typed code's check symbol) without reading the
-    voucher; a failure is kept in ``refusal`` (``bad_signature``, ``unknown_voucher``)."""
+    voucher; a failure is kept in ``refusal`` (``bad_signature``, ``unknown_voucher``). The
+    database (``source``: a connection, or an engine to connect to) is read only for a
+    signing key not seen yet."""
     if bool(token) == bool(code):
         return Lookup(None, None, None, UnknownVoucher("Send either the scanned token or the typed code.",
                                                        message_fr="Envoyez soit le titre scanné, soit le code saisi."))
     try:
         if token:
-            claims = tokens.verify_token(token, await _public_keys(conn, tokens.read_token(token)[0].key_id))
+            claims = tokens.verify_token(token, await _public_keys(source, tokens.read_token(token)[0].key_id))
             return Lookup(claims.voucher_id, claims.programme_id, None, None)
         return Lookup(None, None, tokens.parse_code(code or ""), None)
     except (tokens.BadSignature, tokens.UnknownSigningKey) as error:
@@ -382,6 +392,18 @@ async def _sign_and_insert(
     voucher: vouchers.Voucher, effective_at: datetime, audit_event_id: int, client_key: str,
 ) -> Receipt:
     """Sign the receipt of a taking (``event``: what its audit event says) and write its row."""
+    receipt, row = _signed(key, event=event, programme=programme, voucher=voucher, effective_at=effective_at,
+                           audit_event_id=audit_event_id, client_key=client_key)
+    await conn.execute(_INSERT_TAKING_SQL, row)
+    return receipt
+
+
+def _signed(
+    key: SigningKey, *, event: dict[str, Any], programme: ProgrammeRules, voucher: vouchers.Voucher,
+    effective_at: datetime, audit_event_id: int, client_key: str,
+) -> tuple[Receipt, dict[str, Any]]:
+    """The signed receipt of a taking (``event``: what its audit event says) and the
+    parameters of its ``merchant_takings`` row, which keeps the receipt as signed."""
     body = {
         "v": RECEIPT_VERSION, **event, "unit": programme.unit, "programme_name": programme.name,
         "code_hint": _hint(voucher.code), "at": utc_text(effective_at), "audit_event_id": audit_event_id,
@@ -389,15 +411,15 @@ async def _sign_and_insert(
     }
     raw = canonical(body)
     signature = key.sign(RECEIPT_DOMAIN, raw)
-    await conn.execute(_INSERT_TAKING_SQL, {
+    row = {
         "id": event["taking_id"], "merchant_id": event["merchant_id"], "programme_id": programme.id,
         "kind": event["kind"], "amount_cents": event["amount_cents"], "transfer_id": event["transfer_id"],
         "voucher_id": voucher.id, "refund_of": event["refund_of"], "effective_at": effective_at,
         "user_id": event["user_id"], "client_key": client_key, "balance_after_cents": event["voucher_balance_after_cents"],
         "audit_event_id": audit_event_id, "receipt": raw, "receipt_signature": signature, "receipt_key_id": key.key_id,
-    })
+    }
     # The body as signed (canonical key order), so a replay's answer is byte for byte the same.
-    return Receipt(orjson.loads(raw), b64url(signature), key.key_id)
+    return Receipt(orjson.loads(raw), b64url(signature), key.key_id), row
 
 
 async def _receipt_of_transfer(conn: AsyncConnection, transfer_id: int) -> Receipt:
@@ -419,22 +441,25 @@ async def redeem(
                       client_key=client_key, actor=actor)
 
 
-_MOVE_SQL = text(
-    """
-    SELECT transfer_id, created, taking_id, effective_at, balance_after_cents, audit_event_id
-    FROM merchant_redeem_move(:key, :voucher_account_id, :merchant_account_id, :amount_cents,
-                              CAST(:metadata AS jsonb), CAST(:event AS jsonb), :actor)
-    """
-)
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A redemption checked against everything the scan read, for :func:`take_many` to move."""
+
+    merchant_id: int
+    user_id: int
+    voucher: vouchers.Voucher
+    programme: ProgrammeRules
+    merchant_account_id: int
+    amount_cents: int
+    client_key: str
+    actor: str
 
 
-async def take(
-    conn: AsyncConnection, key: SigningKey, found: Scanned, *, merchant_id: int, user_id: int, amount_cents: int,
-    client_key: str, actor: str,
-) -> Receipt:
-    """Redeem a scanned voucher (:func:`redeem` once the scan is read): two statements, the
-    ledger move with its audit event (``merchant_redeem_move``) and the takings row with the
-    signed receipt. A database refusal aborts the transaction: the caller rolls it back."""
+def checked(
+    found: Scanned, *, merchant_id: int, user_id: int, amount_cents: Any, client_key: str, actor: str,
+) -> Receipt | Move:
+    """The receipt already given under ``client_key`` (a repeat), or the redemption once every
+    check the cashier can act on holds (a refusal is raised, in the order the till shows)."""
     _check_client_key(client_key)
     voucher, context, programme = found
     if context.replay_kind is not None:
@@ -452,33 +477,93 @@ async def take(
             raise AmountInvalid("This voucher must be used in one go, for its whole balance.",
                                 message_fr="Ce titre s'utilise en une seule fois, pour tout son solde.",
                                 reason="whole_balance_only", available_cents=whole)
-    event = {
-        "kind": "redeem", "merchant_id": merchant_id, "programme_id": programme.id, "voucher_id": voucher.id,
-        "amount_cents": amount_cents, "refund_of": None, "user_id": user_id,
-    }
-    try:
-        moved = (await conn.execute(_MOVE_SQL, {
-            "key": f"voucher.redeem:{merchant_id}:{client_key}", "voucher_account_id": voucher.account_id,
-            "merchant_account_id": merchant_account, "amount_cents": amount_cents, "actor": actor,
-            "metadata": orjson.dumps({"merchant_id": merchant_id, "voucher_id": voucher.id,
-                                      "programme_id": programme.id, "user_id": user_id}).decode(),
-            "event": orjson.dumps(event).decode(),
-        })).one()
-    except DBAPIError as error:
-        refusal = from_database(error)
-        if isinstance(refusal, InsufficientFunds):
-            raise InsufficientBalance(available_cents=refusal.details.get("available_cents", 0),
-                                      amount_cents=amount_cents) from None
-        if refusal is None:
-            raise
-        raise refusal from None
-    if not moved.created:  # the same request, committed by a concurrent twin
-        return await _receipt_of_transfer(conn, moved.transfer_id)
-    return await _sign_and_insert(
-        conn, key, event={"taking_id": moved.taking_id, **event, "transfer_id": moved.transfer_id,
-                          "voucher_balance_after_cents": moved.balance_after_cents},
-        programme=programme, voucher=voucher, effective_at=moved.effective_at, audit_event_id=moved.audit_event_id,
-        client_key=client_key)
+    return Move(merchant_id, user_id, voucher, programme, merchant_account, amount_cents, client_key, actor)
+
+
+_MOVES_SQL = text(
+    """
+    SELECT n, transfer_id, created, taking_id, effective_at, balance_after_cents, audit_event_id,
+           refusal_sqlstate, refusal_detail
+    FROM merchant_redeem_moves(CAST(:moves AS jsonb))
+    """
+)
+
+
+def _event(move: Move) -> dict[str, Any]:
+    return {"kind": "redeem", "merchant_id": move.merchant_id, "programme_id": move.programme.id,
+            "voucher_id": move.voucher.id, "amount_cents": move.amount_cents, "refund_of": None,
+            "user_id": move.user_id}
+
+
+def _refused(sqlstate: str, detail: str | None, move: Move) -> DomainError:
+    refusal = refusal_of(sqlstate, detail)
+    assert refusal is not None, f"merchant_redeem_moves returns only the ledger's refusals, not {sqlstate}"
+    if isinstance(refusal, InsufficientFunds):
+        return InsufficientBalance(available_cents=refusal.details.get("available_cents", 0),
+                                   amount_cents=move.amount_cents)
+    return refusal
+
+
+async def take_many(conn: AsyncConnection, key: SigningKey, moves: Sequence[Move]) -> list[Receipt | DomainError]:
+    """Redeem checked redemptions in the caller's transaction, in three statements whatever
+    their number: the ledger moves with their audit events (``merchant_redeem_moves``, each
+    move refused alone), then, once the receipts are signed, their takings rows. Each one's
+    outcome, in ``moves``' order: its receipt, or the ledger's refusal (nothing of it written).
+
+    The moves lock their accounts in voucher account order, so that two batches taking the
+    same vouchers queue rather than deadlock. Two moves under one key are one redemption: the
+    first moves, the second gets its receipt (as a repeat), as does a move whose twin was
+    committed by another transaction meanwhile."""
+    order = sorted(range(len(moves)), key=lambda i: (moves[i].voucher.account_id, moves[i].merchant_account_id))
+    rows = (await conn.execute(_MOVES_SQL, {"moves": orjson.dumps([{
+        "key": f"voucher.redeem:{move.merchant_id}:{move.client_key}", "voucher_account_id": move.voucher.account_id,
+        "merchant_account_id": move.merchant_account_id, "amount_cents": move.amount_cents, "actor": move.actor,
+        "metadata": {"merchant_id": move.merchant_id, "voucher_id": move.voucher.id,
+                     "programme_id": move.programme.id, "user_id": move.user_id},
+        "event": _event(move),
+    } for move in (moves[i] for i in order)]).decode()})).all()
+    assert len(rows) == len(moves)
+    outcomes: list[Receipt | DomainError | None] = [None] * len(moves)
+    signed: dict[int, Receipt] = {}
+    takings: list[dict[str, Any]] = []
+    twins: list[tuple[int, int]] = []
+    for row in rows:
+        at = order[row.n - 1]
+        move = moves[at]
+        if row.refusal_sqlstate is not None:
+            outcomes[at] = _refused(row.refusal_sqlstate, row.refusal_detail, move)
+        elif not row.created:  # the same request, moved earlier in this batch or committed by a concurrent twin
+            twins.append((at, row.transfer_id))
+        else:
+            receipt, taking = _signed(
+                key, event={"taking_id": row.taking_id, **_event(move), "transfer_id": row.transfer_id,
+                            "voucher_balance_after_cents": row.balance_after_cents},
+                programme=move.programme, voucher=move.voucher, effective_at=row.effective_at,
+                audit_event_id=row.audit_event_id, client_key=move.client_key)
+            outcomes[at] = signed[row.transfer_id] = receipt
+            takings.append(taking)
+    if takings:
+        await conn.execute(_INSERT_TAKING_SQL, takings)
+    for at, transfer_id in twins:
+        outcomes[at] = (replace(signed[transfer_id], replayed=True) if transfer_id in signed
+                        else await _receipt_of_transfer(conn, transfer_id))
+    return outcomes  # type: ignore[return-value]  # every slot was filled above
+
+
+async def take(
+    conn: AsyncConnection, key: SigningKey, found: Scanned, *, merchant_id: int, user_id: int, amount_cents: int,
+    client_key: str, actor: str,
+) -> Receipt:
+    """Redeem a scanned voucher (:func:`redeem` once the scan is read): :func:`checked`,
+    then :func:`take_many` of this one redemption; a refusal is raised."""
+    move = checked(found, merchant_id=merchant_id, user_id=user_id, amount_cents=amount_cents,
+                   client_key=client_key, actor=actor)
+    if isinstance(move, Receipt):
+        return move
+    (outcome,) = await take_many(conn, key, [move])
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
 
 
 # --- refund ---------------------------------------------------------------------------------

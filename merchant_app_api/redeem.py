@@ -3,11 +3,19 @@
 Every write needs an ``Idempotency-Key`` header (the phone makes one per confirmation and
 resends it after a network failure): a repeat returns the first receipt (200 instead of 201)
 and moves nothing. Preview and redeem are rate-limited per device session.
+
+Redemptions that reach one server process together share a transaction (and so one durable
+commit): each request checks its token's signature, then waits while one task runs the
+batch (see ``_Batcher``). Each stays its own ledger transfer, takings row, audit events and
+receipt, and is refused alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,16 +24,18 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.auth import bearer_token, hash_token
 from api.errors import ApiError
-from api.throttle import HIT_STATEMENT
 from ledger import redemptions
+from ledger.errors import DomainError
 from merchant_app_api.receipts import receipt_signing_key
 from merchant_app_api.staff import (
     SCANNING_STAFF_COLUMNS,
     SCANNING_STAFF_CTE,
+    SCANNING_STAFF_JOINS,
     SCANNING_STAFF_WIDTH,
     Staff,
     provide_scanning_staff,
@@ -97,25 +107,155 @@ def receipt_response(receipt: redemptions.Receipt) -> Response[ReceiptOut]:
                     status_code=200 if receipt.replayed else 201)
 
 
-_REDEEM_TEMPLATE = f"""
-    WITH {SCANNING_STAFF_CTE}
+# What a batch of redemptions reads, in one statement: for each request (``item``, in its
+# order), its token's staff member, its scan counted against the device's limit, and the scan
+# (the voucher by the token's id or the typed code's, the shop, an earlier answer under the
+# request's key, the programme's rules).
+_REDEEM_SQL = text(f"""
+    WITH item AS (
+        SELECT * FROM unnest(CAST(:hashes AS bytea[]), CAST(:limit_keys AS text[]), CAST(:client_keys AS text[]),
+                             CAST(:voucher_ids AS bigint[]), CAST(:codes AS text[]))
+                      WITH ORDINALITY AS i(hash, limit_key, client_key, voucher_id, code, n)),
+    {SCANNING_STAFF_CTE}
     SELECT {SCANNING_STAFF_COLUMNS}, scan.*
-    FROM staff LEFT JOIN hit ON true
-    LEFT JOIN LATERAL ({redemptions.SCAN_TEMPLATE.replace("{merchant}", "staff.merchant_id")}) AS scan ON true
-"""
-_REDEEM_SQL = {where: text(_REDEEM_TEMPLATE.replace("{where}", where))
-               for where in (redemptions.SCAN_BY_ID, redemptions.SCAN_BY_CODE)}
+    FROM item {SCANNING_STAFF_JOINS}
+    LEFT JOIN LATERAL ({redemptions.SCAN_TEMPLATE.replace("{merchant}", "staff.merchant_id")
+                        .replace("{client_key}", "item.client_key")
+                        .replace("{where}", "v.id = coalesce(item.voucher_id, (SELECT c.id FROM vouchers c WHERE c.code = item.code))")
+                        }) AS scan ON true
+    ORDER BY item.n
+""")
+
+# At most this many redemptions share a transaction. Each is a subtransaction of
+# merchant_redeem_moves, and PostgreSQL keeps up to 64 of a transaction's subtransactions in
+# shared memory; past that, every snapshot taken elsewhere gets slower.
+REDEEM_BATCH_SIZE_MAX = 64
+# A batch refused whole by the database (a deadlock with another process's batch, a
+# serialization failure) was rolled back whole, so nothing of it happened: it runs again, up
+# to this many times in all.
+REDEEM_BATCH_ATTEMPTS_MAX = 3
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 
 
-async def _count_scan_alone(engine: AsyncEngine, limit_key: str) -> None:
-    """Count a refused redemption's scan against the device's limit on its own: the
-    redemption's transaction, where it was counted first, is rolled back whole."""
-    async with engine.connect() as conn:
-        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await autocommit.execute(_COUNT_SCAN_SQL, {"key": limit_key, "window_s": 60})
+@dataclass(frozen=True, slots=True)
+class _Redemption:
+    """One request, as its handler checked it: its token's hash, the scanned voucher (its
+    signature verified), and what it asks, not checked yet (the order of refusals is the batch's)."""
+
+    token_hash: bytes
+    found: redemptions.Lookup
+    client_key: str | None
+    amount_cents: Any
 
 
-_COUNT_SCAN_SQL = text(HIT_STATEMENT)
+async def _redeem_batch(conn: AsyncConnection, batch: list[_Redemption]) -> list[redemptions.Receipt | Exception]:
+    """Each redemption's receipt or refusal, in the caller's transaction: one statement reads
+    for all; each is refused in the order a single request is (401, 403, 429,
+    ``totp_setup_required``, the idempotency key, then the voucher's refusals); the others are
+    taken together (:func:`redemptions.take_many`). Refused requests keep their counted scan:
+    the transaction commits."""
+    rows = (await conn.execute(_REDEEM_SQL, {
+        "hashes": [one.token_hash for one in batch], "limit_keys": [scan_limit_key(one.token_hash) for one in batch],
+        "client_keys": [one.client_key for one in batch], "voucher_ids": [one.found.voucher_id for one in batch],
+        "codes": [one.found.code for one in batch], "window_s": 60})).all()
+    assert len(rows) == len(batch)
+    outcomes: list[redemptions.Receipt | Exception | None] = [None] * len(batch)
+    moves: list[redemptions.Move] = []
+    moving: list[int] = []
+    for at, (one, row) in enumerate(zip(batch, rows)):
+        try:
+            scanner = scanning_staff(row)
+            move = redemptions.checked(
+                redemptions.scanned(one.found, row, offset=SCANNING_STAFF_WIDTH), merchant_id=scanner.merchant_id,
+                user_id=scanner.user_id, amount_cents=one.amount_cents, client_key=_require_key(one.client_key),
+                actor=scanner.actor)
+        except (ApiError, DomainError) as refusal:
+            outcomes[at] = refusal
+            continue
+        if isinstance(move, redemptions.Receipt):
+            outcomes[at] = move
+        else:
+            moves.append(move)
+            moving.append(at)
+    if moves:
+        for at, outcome in zip(moving, await redemptions.take_many(conn, receipt_signing_key(), moves)):
+            outcomes[at] = outcome
+    return outcomes  # type: ignore[return-value]  # every slot was filled above
+
+
+class _Batcher:
+    """The redemptions of one server process (one engine, one event loop) in batches: each
+    request waits for its outcome while one task runs batch after batch, each made of every
+    request that arrived while the previous one ran (no timer: a request alone is a batch of
+    one), in one transaction with one durable commit."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.loop = asyncio.get_running_loop()
+        self._waiting: list[tuple[_Redemption, asyncio.Future[redemptions.Receipt]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def redeem(self, redemption: _Redemption) -> redemptions.Receipt:
+        future: asyncio.Future[redemptions.Receipt] = self.loop.create_future()
+        self._waiting.append((redemption, future))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        batch: list[tuple[_Redemption, asyncio.Future[redemptions.Receipt]]] = []
+        try:
+            while self._waiting:
+                batch = self._waiting[:REDEEM_BATCH_SIZE_MAX]
+                del self._waiting[:REDEEM_BATCH_SIZE_MAX]
+                await self._settle(batch)
+        finally:
+            self._draining = None
+            for _, future in [*batch, *self._waiting]:  # only when cancelled: the server stops
+                future.cancel()
+            self._waiting.clear()
+
+    async def _settle(self, batch: list[tuple[_Redemption, asyncio.Future[redemptions.Receipt]]]) -> None:
+        try:
+            outcomes = await self._run([redemption for redemption, _ in batch])
+        except Exception as error:
+            if len(batch) > 1:  # it may be one request's doing: each alone, so that only it fails
+                for one in batch:
+                    await self._settle([one])
+                return
+            outcomes = [error]
+        for (_, future), outcome in zip(batch, outcomes):
+            if future.done():  # its client went away
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def _run(self, batch: list[_Redemption]) -> list[redemptions.Receipt | Exception]:
+        attempt = 1
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    await conn.begin()
+                    outcomes = await _redeem_batch(conn, batch)
+                    await conn.commit()
+                return outcomes
+            except DBAPIError as error:
+                sqlstate = getattr(error.orig, "sqlstate", None)
+                if sqlstate not in _RETRY_SQLSTATES or attempt >= REDEEM_BATCH_ATTEMPTS_MAX:
+                    raise
+                attempt += 1
+
+
+_batchers: weakref.WeakKeyDictionary[AsyncEngine, _Batcher] = weakref.WeakKeyDictionary()
+
+
+def _batcher(engine: AsyncEngine) -> _Batcher:
+    batcher = _batchers.get(engine)
+    if batcher is None or batcher.loop is not asyncio.get_running_loop():
+        batcher = _batchers[engine] = _Batcher(engine)
+    return batcher
 
 
 class RedeemController(Controller):
@@ -142,32 +282,12 @@ class RedeemController(Controller):
     ) -> Response[ReceiptOut]:
         """The till's hot path: the token is checked here rather than by the middleware, so that
         the session, the device's rate limit, the voucher, the shop and the programme's rules
-        are one statement; then the ledger move, then the takings row with the signed receipt."""
+        are read in one statement, for this request and the others of its batch; then the
+        ledger moves, then the takings rows with the signed receipts, then one commit."""
         token_hash = hash_token(bearer_token(request.headers.get("authorization", "")))
-        limit_key = scan_limit_key(token_hash)
-        counted = False
-        async with db_engine.connect() as conn:
-            await conn.begin()
-            try:
-                found = await redemptions.lookup(conn, token=data.token, code=data.code)
-                row = (await conn.execute(_REDEEM_SQL[found.where], {
-                    "hash": token_hash, "key": limit_key, "window_s": 60, "client_key": idempotency_key,
-                    **found.params})).one_or_none()
-                counted = row is not None and row.hits is not None
-                scanner = scanning_staff(row)
-                client_key = _require_key(idempotency_key)
-                receipt = await redemptions.take(
-                    conn, receipt_signing_key(), redemptions.scanned(found, row, offset=SCANNING_STAFF_WIDTH),
-                    merchant_id=scanner.merchant_id, user_id=scanner.user_id, amount_cents=data.amount_cents,
-                    client_key=client_key, actor=scanner.actor,
-                )
-            except Exception:
-                await conn.rollback()
-                if counted:
-                    await _count_scan_alone(db_engine, limit_key)
-                raise
-            await conn.commit()
-        return receipt_response(receipt)
+        found = await redemptions.lookup(db_engine, token=data.token, code=data.code)
+        return receipt_response(await _batcher(db_engine).redeem(
+            _Redemption(token_hash, found, idempotency_key, data.amount_cents)))
 
     @post("/takings/{taking_id:int}/refund")
     async def refund(

@@ -87,22 +87,39 @@ _SCANNING_STAFF_SQL = text(
 )
 
 
-# For a route that checks the token itself (``exclude_from_auth``) and reads more in the same
-# statement: the token's staff member (``staff``, the middleware's conditions) and, for a
-# member of a shop's staff, one scan counted against the device's limit (``hit``), inside the
-# route's transaction. Select SCANNING_STAFF_COLUMNS first, then read them with scanning_staff().
+# For the till's redeem, which checks its tokens itself (``exclude_from_auth``) and reads more
+# in the same statement, for a batch of requests: ``item`` is one row per request (``n`` its
+# place, ``hash`` its token's hash, ``limit_key`` its device's scan limit key). ``staff`` is
+# each token's staff member (the middleware's conditions); ``hit`` counts each request of a
+# shop's staff against its device's limit inside the batch's transaction: one upsert per
+# device, of as many scans as it sent, each request reading the count as it stood after its
+# own scan (``scanning.later``: the device's requests after it in the batch). Select
+# SCANNING_STAFF_COLUMNS first, from ``item`` and SCANNING_STAFF_JOINS, then read them with
+# scanning_staff().
 SCANNING_STAFF_CTE = f"""
     staff AS (
-        SELECT u.id, u.email, u.role, u.merchant_id, m.status, u.totp_secret IS NOT NULL AS totp_enrolled,
+        SELECT i.n, u.id, u.email, u.role, u.merchant_id, m.status, u.totp_secret IS NOT NULL AS totp_enrolled,
                s.id AS session_id
-        FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN merchants m ON m.id = u.merchant_id
-        WHERE {VALID_SESSION}),
-    hit AS ({HIT_UPSERT.replace("{source}", "staff WHERE staff.role IN ('merchant_owner', 'merchant_cashier') AND staff.merchant_id IS NOT NULL")})
+        FROM item i JOIN sessions s ON s.token_hash = i.hash JOIN users u ON u.id = s.user_id
+        LEFT JOIN merchants m ON m.id = u.merchant_id
+        WHERE {VALID_SESSION.replace(":hash", "i.hash")}),
+    scanning AS (
+        SELECT i.n, i.limit_key, count(*) OVER (PARTITION BY i.limit_key ORDER BY i.n
+                                                ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS later
+        FROM item i JOIN staff ON staff.n = i.n
+        WHERE staff.role IN ('merchant_owner', 'merchant_cashier') AND staff.merchant_id IS NOT NULL),
+    hit AS ({HIT_UPSERT.replace("{key}", "limit_key").replace("{hits}", "count(*)")
+             .replace("{source}", "scanning GROUP BY limit_key ORDER BY limit_key")})
+"""
+SCANNING_STAFF_JOINS = """
+    LEFT JOIN staff ON staff.n = item.n LEFT JOIN scanning ON scanning.n = item.n
+    LEFT JOIN hit ON hit.key = scanning.limit_key
 """
 SCANNING_STAFF_COLUMNS = (
     "staff.id AS staff_user_id, staff.email AS staff_email, staff.role AS staff_role, "
     "staff.merchant_id AS staff_merchant_id, staff.status AS staff_merchant_status, "
-    "staff.totp_enrolled AS staff_totp_enrolled, staff.session_id AS staff_session_id, hit.hits, hit.left_s"
+    "staff.totp_enrolled AS staff_totp_enrolled, staff.session_id AS staff_session_id, "
+    "hit.hits - scanning.later AS hits, hit.left_s"
 )
 SCANNING_STAFF_WIDTH = 9
 
@@ -112,9 +129,9 @@ def scan_limit_key(token_hash: bytes) -> str:
 
 
 def scanning_staff(row: Sequence[Any] | None) -> Staff:
-    """The staff member of a row starting with SCANNING_STAFF_COLUMNS (None: no such token),
-    refused in the order the middleware and provide_scanning_staff() refuse."""
-    if row is None:
+    """The staff member of a row starting with SCANNING_STAFF_COLUMNS (None or NULLs: no such
+    token), refused in the order the middleware and provide_scanning_staff() refuse."""
+    if row is None or row[0] is None:
         raise unknown_token()
     if row[2] not in _MERCHANT_ROLES or row[3] is None:
         raise ApiError(403, "forbidden", "This is for a shop's staff.", detail_fr="Réservé au personnel d'un commerce.")
