@@ -278,6 +278,10 @@ if __name__ == "__main__":
         port, clients_file = int(args.load[0]), Path(args.load[1])
         import uvloop  # the server's event loop too (uvicorn[standard])
 
-        print(json.dumps(uvloop.run(load(port, json.loads(clients_file.read_text()), args.seconds, args.start_at))))
+        measured = uvloop.run(load(port, json.loads(clients_file.read_text()), args.seconds, args.start_at))
+        # The event loop leaves stdout non-blocking: a result over the pipe's 64 KiB (every
+        # latency of a fast run) would be cut short.
+        os.set_blocking(sys.stdout.fileno(), True)
+        print(json.dumps(measured))
     else:
         print(json.dumps(main(args.seconds, args.workers, args.clients, args.load_processes)))
