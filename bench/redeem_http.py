@@ -184,6 +184,10 @@ def _tree_cpu_s(root_pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _result_file(clients_file: Path) -> Path:
+    return clients_file.with_suffix(".result.json")
+
+
 def _wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
     import httpx
 
@@ -245,7 +249,7 @@ def main(seconds: float, workers: int, clients: int, load_processes: int) -> dic
             out, err = loader.communicate()
             if loader.returncode != 0:
                 raise RuntimeError(err[-4000:])
-            parts.append(json.loads(out.strip().splitlines()[-1]))
+            parts.append(json.loads(_result_file(directory / f"clients-{len(parts)}.json").read_text()))
         measured = _summary(parts, seconds)
         if measured["failures"]:
             raise RuntimeError(f"refused redemptions during the run: {measured['failures']}")
@@ -262,6 +266,11 @@ def main(seconds: float, workers: int, clients: int, load_processes: int) -> dic
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
+        if (directory / "pg" / "postmaster.pid").exists():
+            from ledger.database import start_embedded_server
+
+            # Stopped before its directory goes: at exit, with no directory, it would stay up.
+            start_embedded_server(directory / "pg").cleanup()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -279,9 +288,8 @@ if __name__ == "__main__":
         import uvloop  # the server's event loop too (uvicorn[standard])
 
         measured = uvloop.run(load(port, json.loads(clients_file.read_text()), args.seconds, args.start_at))
-        # The event loop leaves stdout non-blocking: a result over the pipe's 64 KiB (every
-        # latency of a fast run) would be cut short.
-        os.set_blocking(sys.stdout.fileno(), True)
-        print(json.dumps(measured))
+        # Into a file, not stdout: through the pipe, a result over 64 KiB (every latency of a
+        # fast run) came out cut short.
+        _result_file(clients_file).write_text(json.dumps(measured))
     else:
         print(json.dumps(main(args.seconds, args.workers, args.clients, args.load_processes)))
