@@ -510,8 +510,8 @@ async def take_many(conn: AsyncConnection, key: SigningKey, moves: Sequence[Move
     move refused alone), then, once the receipts are signed, their takings rows. Each one's
     outcome, in ``moves``' order: its receipt, or the ledger's refusal (nothing of it written).
 
-    The moves lock their accounts in voucher account order, so that two batches taking the
-    same vouchers queue rather than deadlock. Two moves under one key are one redemption: the
+    All the accounts are locked first, in id order, so that two batches taking the same
+    accounts queue rather than deadlock; the moves run in voucher account order. Two moves under one key are one redemption: the
     first moves, the second gets its receipt (as a repeat), as does a move whose twin was
     committed by another transaction meanwhile."""
     order = sorted(range(len(moves)), key=lambda i: (moves[i].voucher.account_id, moves[i].merchant_account_id))

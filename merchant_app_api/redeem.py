@@ -195,6 +195,11 @@ class _Batcher:
         self._waiting: list[tuple[_Redemption, asyncio.Future[redemptions.Receipt]]] = []
         self._draining: asyncio.Task[None] | None = None
 
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for the next batch."""
+        return len(self._waiting)
+
     async def redeem(self, redemption: _Redemption) -> redemptions.Receipt:
         future: asyncio.Future[redemptions.Receipt] = self.loop.create_future()
         self._waiting.append((redemption, future))

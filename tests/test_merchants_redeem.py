@@ -263,7 +263,7 @@ async def test_scans_are_rate_limited_per_device(client, approved_merchant, issu
 
 async def test_refused_redemptions_count_against_the_device_limit(client, engine, approved_merchant, issue_voucher,
                                                                    merchant_programme, monkeypatch):
-    """A refusal rolls the redemption back whole, yet its scan still counts, whether Python
+    """A refusal writes nothing of the redemption, yet its scan still counts, whether Python
     refused it (unknown voucher) or the database did (the ledger's floor)."""
     import merchant_app_api.staff
 

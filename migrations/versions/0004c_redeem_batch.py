@@ -1,7 +1,7 @@
 """Redemptions at the till in batches: many ledger moves in one statement, each refused alone.
 
 ``merchant_redeem_moves`` takes the moves of several redemptions that share one transaction
-(a JSON array, in the order the caller wants the rows locked) and runs
+(a JSON array), locks all their accounts in id order, and runs
 ``merchant_redeem_move`` for each in its own subtransaction (``BEGIN … EXCEPTION``): a
 ledger refusal (SQLSTATE class ``CL``: insufficient funds, idempotency conflict, …) undoes
 that move only and is returned as its SQLSTATE and detail, and the others go on. Any other
@@ -29,6 +29,12 @@ RETURNS TABLE (
 DECLARE
     v_move jsonb;
 BEGIN
+    -- Every account of the batch first, in id order: two batches (two server processes)
+    -- taking the same accounts then queue one behind the other instead of deadlocking.
+    PERFORM 1 FROM accounts a
+    WHERE a.id IN (SELECT (e->>'voucher_account_id')::bigint FROM jsonb_array_elements(p_moves) e
+                   UNION SELECT (e->>'merchant_account_id')::bigint FROM jsonb_array_elements(p_moves) e)
+    ORDER BY a.id FOR UPDATE;
     FOR v_move, n IN SELECT e.value, e.ordinality FROM jsonb_array_elements(p_moves) WITH ORDINALITY AS e LOOP
         refusal_sqlstate := NULL;
         refusal_detail := NULL;
