@@ -149,13 +149,13 @@ def _hint(code: str) -> str:
 _public_keys_known: dict[str, bytes] = {}
 
 
-async def _public_keys(source: AsyncConnection | AsyncEngine, key_id: str) -> dict[str, bytes]:
-    if key_id not in _public_keys_known:
-        if isinstance(source, AsyncEngine):
-            async with source.connect() as conn:
-                _public_keys_known.update(await vouchers.public_keys(conn))
-        else:
-            _public_keys_known.update(await vouchers.public_keys(source))
+async def _all_public_keys(source: AsyncConnection | AsyncEngine) -> dict[str, bytes]:
+    """The known set, read again (a key id not seen yet)."""
+    if isinstance(source, AsyncEngine):
+        async with source.connect() as conn:
+            _public_keys_known.update(await vouchers.public_keys(conn))
+    else:
+        _public_keys_known.update(await vouchers.public_keys(source))
     return _public_keys_known
 
 
@@ -230,7 +230,10 @@ async def lookup(source: AsyncConnection | AsyncEngine, *, token: str | None, co
                                                        message_fr="Envoyez soit le titre scanné, soit le code saisi."))
     try:
         if token:
-            claims = tokens.verify_token(token, await _public_keys(source, tokens.read_token(token)[0].key_id))
+            try:  # the token is parsed once: its key id is looked up by the verification itself
+                claims = tokens.verify_token(token, _public_keys_known)
+            except tokens.UnknownSigningKey:
+                claims = tokens.verify_token(token, await _all_public_keys(source))
             return Lookup(claims.voucher_id, claims.programme_id, None, None)
         return Lookup(None, None, tokens.parse_code(code or ""), None)
     except (tokens.BadSignature, tokens.UnknownSigningKey) as error:
