@@ -135,6 +135,12 @@ REDEEM_BATCH_SIZE_MAX = 64
 # to this many times in all.
 REDEEM_BATCH_ATTEMPTS_MAX = 3
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+# Before taking a batch, the event loop turns this many times (no timer, no idle wait): one
+# to read what the sockets hold, one to run those requests up to the queue, one for
+# stragglers. Without it a batch often left behind requests already received (measured: 15
+# redemptions a batch on average at 64 clients, ~1,020/s; with it 28, ~1,200/s, less CPU
+# per redemption; a 1 ms timer instead: 29 a batch but ~1,060/s).
+_LOOP_TURNS_BEFORE_BATCH = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +193,7 @@ class _Batcher:
     """The redemptions of one server process (one engine, one event loop) in batches: each
     request waits for its outcome while one task runs batch after batch, each made of every
     request that arrived while the previous one ran (no timer: a request alone is a batch of
-    one), in one transaction with one durable commit."""
+    one, after a few turns of the event loop), in one transaction with one durable commit."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -211,6 +217,8 @@ class _Batcher:
         batch: list[tuple[_Redemption, asyncio.Future[redemptions.Receipt]]] = []
         try:
             while self._waiting:
+                for _ in range(_LOOP_TURNS_BEFORE_BATCH):
+                    await asyncio.sleep(0)
                 batch = self._waiting[:REDEEM_BATCH_SIZE_MAX]
                 del self._waiting[:REDEEM_BATCH_SIZE_MAX]
                 await self._settle(batch)
