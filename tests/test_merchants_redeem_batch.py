@@ -144,3 +144,36 @@ async def test_batches_of_two_server_processes_on_the_same_vouchers_take_exactly
     for voucher in vouchers:
         assert 0 <= balances[voucher.account_id] == 1000 - 90 * sum(1 for r in taken if r["voucher_id"] == voucher.id)
     assert credited == 90 * len(taken) == 4000 - sum(balances.values())
+
+
+async def test_a_batch_that_fails_whole_runs_again_request_by_request(engine, database_url, approved_merchant,
+                                                                      issue_voucher, merchant_programme):
+    """A server whose lock waits time out: a batch with one redemption of a voucher held by
+    someone else fails whole (nothing of it written), then runs again one request at a time,
+    so that only that redemption fails and the others are taken."""
+    import httpx
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    shop = await approved_merchant()
+    held, blocked, *free = [await issue_voucher(1000, programme=merchant_programme) for _ in range(4)]
+    impatient = create_async_engine(database_url, connect_args={"server_settings": {"lock_timeout": "1s"}})
+    try:
+        transport = httpx.ASGITransport(app=create_app(engine=impatient, background=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://circuit.test") as client, \
+                engine.connect() as other:
+            await other.begin()
+            await other.execute(text("SELECT 1 FROM accounts WHERE id = :id FOR UPDATE"), {"id": blocked.account_id})
+            async with _one_batch(impatient, client, shop, held) as started:
+                started += [asyncio.create_task(_redeem(client, shop, 100, token=v.token)) for v in (free[0], blocked, free[1])]
+            answers = [await task for task in started]
+            await other.rollback()
+    finally:
+        await impatient.dispose()
+    assert [a.status_code for a in answers] == [201, 500, 201]
+    assert answers[1].json()["code"] == "internal_error"
+    taken = [answers[i].json()["receipt"] for i in (0, 2)]
+    assert len(await _transactions_of(engine, [r["taking_id"] for r in taken])) == 2  # each alone
+    async with engine.connect() as conn:
+        balances = (await conn.scalars(text("SELECT balance_cents FROM accounts WHERE id = ANY(:ids) ORDER BY id"),
+                                       {"ids": [v.account_id for v in (blocked, *free)]})).all()
+    assert balances == [1000, 900, 900]
