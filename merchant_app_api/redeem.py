@@ -201,7 +201,7 @@ class _Batcher:
     one, after a few turns of the event loop), in one transaction with one durable commit."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+        self._engine = weakref.ref(engine)  # weak: ``_batchers`` must not keep its key alive
         self.loop = asyncio.get_running_loop()
         self._waiting: list[tuple[_Redemption, asyncio.Future[redemptions.Receipt]]] = []
         self._draining: asyncio.Task[None] | None = None
@@ -254,7 +254,9 @@ class _Batcher:
         attempt = 1
         while True:
             try:
-                async with self.engine.connect() as conn:
+                engine = self._engine()
+                assert engine is not None, "a request of this engine is waiting, so it is alive"
+                async with engine.connect() as conn:
                     await conn.begin()
                     await conn.execute(_GENERIC_PLANS_SQL)
                     outcomes = await _redeem_batch(conn, batch)
