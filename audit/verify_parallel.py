@@ -125,13 +125,24 @@ def verify_records(records: bytes, make_verifier: Callable[[], ChainVerifier], *
                    parallel_min: int = RECORDS_PARALLEL_MIN, **finish: Any) -> Report:
     """Verify ``records`` (the bytes of records.jsonl); the verdict of :func:`verify_lines`, faster."""
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and records.count(b"\n") >= parallel_min:
+    if workers > 1 and _lines_at_least(records, parallel_min):
         verifier = make_verifier()
         if verifier.observe is None:
             report = _verify_runs(records, verifier, workers, finish)
             if report is not None:
                 return report
     return verify_lines(records.splitlines(), make_verifier(), **finish)
+
+
+def _lines_at_least(records: bytes, count: int) -> bool:
+    """Whether ``records`` holds ``count`` lines or more: counted over a growing prefix, so that a
+    large archive is not read through once more just to decide (a full count took 0.3 s of 5.6)."""
+    end = 1 << 20
+    while records.count(b"\n", 0, end) < count:
+        if end >= len(records):
+            return False
+        end *= 4
+    return True
 
 
 def _verify_runs(records: bytes, verifier: ChainVerifier, workers: int, finish: dict[str, Any]) -> Report | None:

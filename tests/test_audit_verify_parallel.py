@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,3 +89,12 @@ def test_a_checkpoint_that_does_not_match_its_records_is_named_by_both_paths(tmp
     if forged_size is not None:
         assert one_pass.problem.seq == forged_size and "checkpoint" in one_pass.problem.reason
     assert verify_archive(path, [KEY.public_bytes], workers=workers, parallel_min=1) == one_pass
+
+
+@pytest.mark.parametrize("newline_at", [0, (1 << 20) - 1, 1 << 20, (4 << 20) + 5, (5 << 20) - 1])
+def test_deciding_whether_to_start_processes_counts_lines_exactly(newline_at):
+    records = bytearray(b"x" * (5 << 20))
+    records[7] = records[newline_at] = ord("\n")
+    lines = records.count(b"\n")
+    for wanted in range(lines + 2):
+        assert verify_parallel._lines_at_least(bytes(records), wanted) == (wanted <= lines)
