@@ -33,6 +33,7 @@ from audit.merkle import leaf_hashes, subtree_roots
 from audit.verify import ChainVerifier, Report, _Failed, _instant, verify_lines
 
 RECORDS_PARALLEL_MIN = 100_000  # below this, starting processes costs more than it saves
+RUNS_PER_WORKER = 8
 
 # Inherited by forked workers, never pickled: the records, the seqs at checkpoint sizes, the first
 # seq and the tree size before it (the Merkle leaf index of a seq follows), the checkpoint sizes.
@@ -122,16 +123,17 @@ def _bounds(records: bytes, parts: int) -> list[tuple[int, int]]:
 
 
 def verify_records(records: bytes, make_verifier: Callable[[], ChainVerifier], *, workers: int | None = None,
-                   parallel_min: int = RECORDS_PARALLEL_MIN, **finish: Any) -> Report:
-    """Verify ``records`` (the bytes of records.jsonl); the verdict of :func:`verify_lines`, faster."""
+                   parallel_min: int = RECORDS_PARALLEL_MIN, alongside: Callable[[], None] = lambda: None,
+                   **finish: Any) -> Report:
+    """Verify ``records`` (the bytes of records.jsonl); the verdict of :func:`verify_lines`, faster.
+    ``alongside`` is other work of the caller's, run once: while the workers scan, if they do."""
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and _lines_at_least(records, parallel_min):
-        verifier = make_verifier()
-        if verifier.observe is None:
-            report = _verify_runs(records, verifier, workers, finish)
-            if report is not None:
-                return report
-    return verify_lines(records.splitlines(), make_verifier(), **finish)
+    verifier = make_verifier()
+    if workers > 1 and verifier.observe is None and _lines_at_least(records, parallel_min):
+        report = _verify_runs(records, verifier, workers, alongside, finish)
+        return report if report is not None else verify_lines(records.splitlines(), make_verifier(), **finish)
+    alongside()
+    return verify_lines(records.splitlines(), verifier, **finish)
 
 
 def _lines_at_least(records: bytes, count: int) -> bool:
@@ -145,7 +147,8 @@ def _lines_at_least(records: bytes, count: int) -> bool:
     return True
 
 
-def _verify_runs(records: bytes, verifier: ChainVerifier, workers: int, finish: dict[str, Any]) -> Report | None:
+def _verify_runs(records: bytes, verifier: ChainVerifier, workers: int, alongside: Callable[[], None],
+                 finish: dict[str, Any]) -> Report | None:
     global _shared
     frontier_start, seq_start = verifier.frontier.size, verifier.expected_seq
     seq_of_size = {size: seq_start - 1 + size - frontier_start for size in verifier.checkpoints}
@@ -153,7 +156,11 @@ def _verify_runs(records: bytes, verifier: ChainVerifier, workers: int, finish: 
                frozenset(verifier.checkpoints))
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            runs = pool.map(_scan, _bounds(records, workers * 2))
+            # Many more runs than workers: a worker slowed by the main process's own work (or by
+            # another program) takes fewer, and none is left alone with a long last one.
+            pending = pool.map_async(_scan, _bounds(records, workers * RUNS_PER_WORKER), chunksize=1)
+            alongside()
+            runs = pending.get()
     finally:
         _shared = None
     if not runs or not all(run.clean and run.lines for run in runs):
