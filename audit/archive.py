@@ -145,7 +145,12 @@ def verify_archive(path: Path, pinned: list[bytes] | None = None, *, workers: in
         ))
         return verifiers[-1]
 
-    report = verify_records(records, make_verifier, workers=workers, parallel_min=parallel_min,
+    digests: dict[str, str] = {}
+
+    def hash_files() -> None:  # on the main process's core while the workers scan the records
+        digests.update({name: hashlib.sha256(contents[name]).hexdigest() for name in FILES})
+
+    report = verify_records(records, make_verifier, workers=workers, parallel_min=parallel_min, alongside=hash_files,
                             expected_last_seq=manifest["last_seq"],
                             expected_head=bytes.fromhex(manifest["head"]))
     if not report.ok:
@@ -155,7 +160,7 @@ def verify_archive(path: Path, pinned: list[bytes] | None = None, *, workers: in
         report.problem = Problem("bad signature on the manifest (or signed by an unknown key)")
         return report
     for name in FILES:
-        if hashlib.sha256(contents[name]).hexdigest() != manifest["files"].get(name):
+        if digests[name] != manifest["files"].get(name):
             report.problem = Problem(f"{name} does not match the signed manifest")
             return report
     return report

@@ -224,17 +224,6 @@ async def _close_ended_periods(conn: AsyncConnection, writer: _Writer, now: date
     return made
 
 
-def _encodable(payload_text: str) -> Any:
-    """The payload as chained; one RFC 8785 cannot encode (written by SQL bypassing append())
-    is kept verbatim as text rather than blocking the chain."""
-    payload = json.loads(payload_text)
-    try:
-        canonical(payload)
-    except Exception:
-        return {"unencodable_json": payload_text}
-    return payload
-
-
 def _parse(utc: str) -> datetime:
     return datetime.fromisoformat(utc.replace("Z", "+00:00"))
 
@@ -262,8 +251,14 @@ async def seal(conn: AsyncConnection, key: SigningKey, *, close_periods: bool | 
         )
     ).all()
     for event in events:
-        writer.add(event_id=event.id, ts=now, event_at=event.event_at, event_type=event.event_type,
-                   actor=event.actor, payload=_encodable(event.payload))
+        fields = {"event_id": event.id, "ts": now, "event_at": event.event_at, "event_type": event.event_type,
+                  "actor": event.actor}
+        try:
+            writer.add(**fields, payload=json.loads(event.payload))
+        except ValueError:
+            # A payload RFC 8785 cannot encode (written by SQL bypassing append()) is chained
+            # verbatim as text rather than blocking the chain.
+            writer.add(**fields, payload={"unencodable_json": event.payload})
     await writer.flush(conn)
     if events:
         await conn.execute(text("DELETE FROM audit_inbox WHERE id = ANY(CAST(:ids AS bigint[]))"),

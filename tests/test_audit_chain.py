@@ -72,6 +72,25 @@ async def test_sealing_chains_events_gaplessly_and_the_chain_verifies_against_th
     assert report.chain.last_checkpoint["size"] == result.size
 
 
+async def test_an_event_written_by_sql_that_rfc8785_cannot_encode_is_chained_verbatim_not_blocking(engine):
+    # Behind append()'s back, SQL can store numbers JSON's doubles cannot hold exactly.
+    raw = '{"n": 123456789012345678901234567890}'
+    before = (await _seal(engine)).size
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT audit_append('voucher.revoked', CAST(:p AS jsonb))"), {"p": raw})
+    await _pay(engine, "after-the-odd-one")
+    await _seal(engine, force_checkpoint=True)
+    async with engine.connect() as conn:
+        bodies = [json.loads(bytes(b)) for b in (await conn.execute(text(
+            "SELECT body FROM audit_records WHERE seq > :before AND event_type NOT LIKE 'audit.%' ORDER BY seq"),
+            {"before": before})).scalars()]
+    assert [b["event_type"] for b in bodies] == ["voucher.revoked", "ledger.transfer"]
+    assert json.loads(bodies[0]["payload"]["unencodable_json"]) == json.loads(raw)
+    assert bodies[1]["payload"]["key"] == "after-the-odd-one"
+    report = await _verify(engine)
+    assert report.ok, report.problems or report.chain.problem
+
+
 async def test_inclusion_and_consistency_proofs_verify(engine):
     await _pay(engine, "proof-1")
     first = (await _seal(engine, force_checkpoint=True)).size

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit.merkle import (
+    EMPTY_ROOT,
     Frontier,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
     node_hash,
     root,
+    subtree_roots,
     verify_consistency,
     verify_inclusion,
 )
@@ -64,3 +67,38 @@ def test_consistency_proof_verifies_and_a_rewritten_prefix_does_not(case):
     assert verify_consistency(first, second, root(items[:first]), root(items), proof)
     rewritten = [leaf_hash(b"rewritten")] + items[1:]
     assert not verify_consistency(first, second, root(rewritten[:first]), root(items), proof)
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 300).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(0, n), st.lists(st.integers(0, n), max_size=6), st.lists(st.integers(0, n + 3), max_size=8))))
+def test_a_frontier_extended_by_whole_subtrees_is_the_leaf_by_leaf_frontier(case):
+    """A frontier of ``start`` leaves, extended by the subtrees of runs of the leaves that follow
+    (split at arbitrary points, as the parallel verifier's workers split the records), builds the
+    same tree as appending each leaf, and passes by every cut with that cut's root."""
+    n, start, splits, cuts = case
+    items = leaves(n)
+    by_leaf = Frontier.of(items[:start])
+    by_subtree = Frontier(by_leaf.size, by_leaf.nodes)
+    roots_at_cuts = {}
+    bounds = sorted({start, n, *(s for s in splits if s > start)})
+    for first, end in zip(bounds, bounds[1:]):
+        for node, height in subtree_roots(items[first:end], first, cuts):
+            by_subtree.append_subtree(node, height)
+            roots_at_cuts[by_subtree.size] = by_subtree.root()
+        assert by_subtree.size == end
+    for leaf in items[start:]:
+        by_leaf.append(leaf)
+    assert by_subtree.size == by_leaf.size == n
+    assert by_subtree.nodes == by_leaf.nodes
+    assert by_subtree.root() == (reference_root(items) if n else EMPTY_ROOT)
+    for cut in cuts:
+        if start < cut <= n:
+            assert roots_at_cuts[cut] == reference_root(items[:cut])
+
+
+def test_a_subtree_is_refused_where_it_would_not_start_at_a_multiple_of_its_size():
+    frontier = Frontier.of(leaves(3))
+    with pytest.raises(AssertionError):
+        frontier.append_subtree(leaf_hash(b"x"), 1)
+    assert frontier.size == 3 and frontier.root() == reference_root(leaves(3))
