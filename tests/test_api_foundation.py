@@ -188,3 +188,32 @@ def test_every_error_code_has_one_http_status_across_capabilities():
     _status_by_code.cache_clear()
     statuses = _status_by_code()
     assert statuses["not_found"] == 404 and statuses["insufficient_funds"] == 409
+
+
+def test_a_serving_process_freezes_what_its_start_up_built_and_a_test_app_does_not():
+    # In a child process: freezing is for a process that serves one app until it stops.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import asyncio, gc
+from litestar.testing import AsyncTestClient
+from api.app import create_app
+from ledger.database import create_engine
+
+async def frozen(**kwargs):
+    async with AsyncTestClient(create_app(background=False, **kwargs)):
+        count = gc.get_freeze_count()
+    gc.unfreeze()
+    return count
+
+url = "postgresql+asyncpg://nobody@127.0.0.1:9/none"  # never connected to: no request is made
+print(asyncio.run(frozen(url=url)), asyncio.run(frozen(engine=create_engine(url))))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    serving, test_app = map(int, done.stdout.split()[-2:])
+    assert serving > 50_000  # modules, routes, the engine: what start-up built
+    assert test_app == 0
