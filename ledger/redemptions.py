@@ -514,9 +514,9 @@ async def take_many(conn: AsyncConnection, key: SigningKey, moves: Sequence[Move
     outcome, in ``moves``' order: its receipt, or the ledger's refusal (nothing of it written).
 
     All the accounts are locked first, in id order, so that two batches taking the same
-    accounts queue rather than deadlock; the moves run in voucher account order. Two moves under one key are one redemption: the
-    first moves, the second gets its receipt (as a repeat), as does a move whose twin was
-    committed by another transaction meanwhile."""
+    accounts queue rather than deadlock; the moves run in voucher account order. Two moves
+    under one key are one redemption: the first moves, the second gets its receipt (as a
+    repeat), as does a move whose twin was committed by another transaction meanwhile."""
     order = sorted(range(len(moves)), key=lambda i: (moves[i].voucher.account_id, moves[i].merchant_account_id))
     rows = (await conn.execute(_MOVES_SQL, {"moves": orjson.dumps([{
         "key": f"voucher.redeem:{move.merchant_id}:{move.client_key}", "voucher_account_id": move.voucher.account_id,
