@@ -1,13 +1,15 @@
 """The audit chain: append business events, seal them into a signed hash chain, close periods.
 
-Writers call :func:`append` (or the SQL function ``audit_append``) inside the transaction
-that makes the change: one insert into ``audit_inbox``, no lock, no sequence, so writers never
-queue behind the chain. :func:`seal` is the only place records are chained. It runs under an
-advisory lock that only sealers take; it closes every period that has ended (so a period
-is a contiguous run of records), chains the committed inbox events in id order with gapless
-sequence numbers and a monotonic chain time, and signs a checkpoint every
-``CHECKPOINT_RECORDS`` records, every ``CHECKPOINT_SECONDS`` and at each closure.
-See docs/audit.md for the design and its guarantees.
+A ledger write is its own event: the transfer row records who acted and which transaction
+wrote it. Other writers call :func:`append` (or the SQL function ``audit_append``) inside the
+transaction that makes the change: one insert into ``audit_inbox``. No lock, no sequence, so
+writers never queue behind the chain. :func:`seal` is the only place records are chained. It
+runs under an advisory lock that only sealers take; it closes every period that has ended (so
+a period is a contiguous run of records), chains the events of every transaction that has
+ended since the last pass, transaction by transaction, with gapless sequence numbers and a
+monotonic chain time, and signs a checkpoint every ``CHECKPOINT_RECORDS`` records, every
+``CHECKPOINT_SECONDS`` and at each closure. See docs/audit.md for the design and its
+guarantees.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class _Head:
     frontier: Frontier
     checkpoint_size: int
     checkpoint_at: datetime | None
+    ledger_horizon: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class SealResult:
     closures: int
     checkpoint_size: int | None
     size: int
+    more: bool = False  # the pass stopped at SEAL_BATCH_MAX with ended transactions left
 
 
 class _Writer:
@@ -131,21 +135,22 @@ async def _load_head(conn: AsyncConnection) -> _Head:
     await conn.execute(text("INSERT INTO audit_state (chain) VALUES (:chain) ON CONFLICT DO NOTHING"), {"chain": CHAIN})
     row = (
         await conn.execute(
-            text("SELECT size, head_hash, head_ts, frontier, checkpoint_size, checkpoint_at "
+            text("SELECT size, head_hash, head_ts, frontier, checkpoint_size, checkpoint_at, ledger_horizon "
                  "FROM audit_state WHERE chain = :chain FOR UPDATE"),
             {"chain": CHAIN},
         )
     ).one()
-    return _Head(row.size, bytes(row.head_hash), row.head_ts,
-                 Frontier(row.size, [bytes(n) for n in row.frontier]), row.checkpoint_size, row.checkpoint_at)
+    return _Head(row.size, bytes(row.head_hash), row.head_ts, Frontier(row.size, [bytes(n) for n in row.frontier]),
+                 row.checkpoint_size, row.checkpoint_at, row.ledger_horizon)
 
 
 async def _save_head(conn: AsyncConnection, head: _Head) -> None:
     await conn.execute(
         text("UPDATE audit_state SET size = :size, head_hash = :head, head_ts = :ts, frontier = :frontier, "
-             "checkpoint_size = :cp_size, checkpoint_at = :cp_at WHERE chain = :chain"),
+             "checkpoint_size = :cp_size, checkpoint_at = :cp_at, ledger_horizon = :horizon WHERE chain = :chain"),
         {"size": head.size, "head": head.head, "ts": head.head_ts, "frontier": head.frontier.nodes,
-         "cp_size": head.checkpoint_size, "cp_at": head.checkpoint_at, "chain": CHAIN},
+         "cp_size": head.checkpoint_size, "cp_at": head.checkpoint_at, "horizon": head.ledger_horizon,
+         "chain": CHAIN},
     )
 
 
@@ -224,6 +229,52 @@ async def _close_ended_periods(conn: AsyncConnection, writer: _Writer, now: date
     return made
 
 
+# The events of the transactions with ids in [:from, :to), transaction by transaction, a
+# transaction's ledger events (in transfer order) before its other events (in the order
+# written); then the inbox events of the sealing transaction itself (appended and sealed
+# together, as a command may do). Inbox events written before migration 0002b carry no
+# transaction id (NULL, taken as 0) and are chained first.
+_EVENTS_SQL = text(
+    """
+    SELECT inbox_id, event_at, event_type, actor, payload::text AS payload FROM (
+        SELECT e.xid, 0 AS source, e.transfer_id AS id, NULL::bigint AS inbox_id, e.event_at, e.event_type,
+               e.actor, e.payload
+        FROM audit_ledger_events(:from, :to) e
+        UNION ALL
+        SELECT coalesce(i.xid, 0), 1, i.id, i.id, i.event_at, i.event_type, i.actor, i.payload FROM audit_inbox i
+        WHERE coalesce(i.xid, 0) < :to OR i.xid = pg_current_xact_id_if_assigned()::text::bigint
+    ) events
+    ORDER BY xid, source, id
+    """
+)
+
+# Among the events of ended transactions from the horizon on, the first one's transaction and
+# the transaction of the one just past SEAL_BATCH_MAX.
+_BATCH_SQL = text(
+    """
+    WITH waiting AS (
+        SELECT audit_xid AS xid FROM transfers WHERE audit_xid >= :from AND audit_xid < :to
+        UNION ALL
+        SELECT coalesce(xid, 0) FROM audit_inbox WHERE coalesce(xid, 0) < :to
+    )
+    SELECT (SELECT min(xid) FROM waiting) AS first,
+           (SELECT xid FROM waiting ORDER BY xid OFFSET :n LIMIT 1) AS past
+    """
+)
+
+
+async def _next_horizon(conn: AsyncConnection, horizon: int, ended_below: int) -> tuple[int, bool]:
+    """Where this pass stops: below ``ended_below`` (only ended transactions), at a transaction
+    boundary, with about ``SEAL_BATCH_MAX`` events (more if one transaction alone has more).
+    Also whether ended transactions are left for another pass."""
+    if ended_below <= horizon:
+        return horizon, False
+    row = (await conn.execute(_BATCH_SQL, {"from": horizon, "to": ended_below, "n": SEAL_BATCH_MAX})).one()
+    if row.past is None:
+        return ended_below, False
+    return max(horizon, row.past if row.past > row.first else row.past + 1), True
+
+
 def _parse(utc: str) -> datetime:
     return datetime.fromisoformat(utc.replace("Z", "+00:00"))
 
@@ -236,6 +287,8 @@ async def seal(conn: AsyncConnection, key: SigningKey, *, close_periods: bool | 
     None), always (True: the backfill of ``circuit audit close``), or never (False). ``now``
     is the database clock unless given (tests move days forward with it)."""
     await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SEAL_LOCK_ID})
+    # Read before this transaction writes anything: every transaction below this id has ended.
+    ended_below = (await conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))).scalar_one()
     head = await _load_head(conn)
     now = now or (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
     writer = _Writer(head)
@@ -244,14 +297,10 @@ async def seal(conn: AsyncConnection, key: SigningKey, *, close_periods: bool | 
         close_periods = head.head_ts is None or closures.label_of("day", head.head_ts) != closures.label_of("day", now)
     made = await _close_ended_periods(conn, writer, now) if close_periods else 0
 
-    events = (
-        await conn.execute(
-            text("SELECT id, event_at, event_type, actor, payload::text AS payload FROM audit_inbox ORDER BY id LIMIT :n"),
-            {"n": SEAL_BATCH_MAX},
-        )
-    ).all()
+    horizon, more = await _next_horizon(conn, head.ledger_horizon, ended_below)
+    events = (await conn.execute(_EVENTS_SQL, {"from": head.ledger_horizon, "to": horizon})).all()
     for event in events:
-        fields = {"event_id": event.id, "ts": now, "event_at": event.event_at, "event_type": event.event_type,
+        fields = {"event_id": event.inbox_id, "ts": now, "event_at": event.event_at, "event_type": event.event_type,
                   "actor": event.actor}
         try:
             writer.add(**fields, payload=json.loads(event.payload))
@@ -260,9 +309,10 @@ async def seal(conn: AsyncConnection, key: SigningKey, *, close_periods: bool | 
             # verbatim as text rather than blocking the chain.
             writer.add(**fields, payload={"unencodable_json": event.payload})
     await writer.flush(conn)
-    if events:
-        await conn.execute(text("DELETE FROM audit_inbox WHERE id = ANY(CAST(:ids AS bigint[]))"),
-                           {"ids": [e.id for e in events]})
+    inbox_ids = [e.inbox_id for e in events if e.inbox_id is not None]
+    if inbox_ids:
+        await conn.execute(text("DELETE FROM audit_inbox WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": inbox_ids})
+    head.ledger_horizon = horizon
 
     checkpoint = None
     due = head.size > head.checkpoint_size and (
@@ -272,7 +322,7 @@ async def seal(conn: AsyncConnection, key: SigningKey, *, close_periods: bool | 
     if due:
         checkpoint = await _checkpoint(conn, head, key, now)
     await _save_head(conn, head)
-    return SealResult(sealed=len(events), closures=made, checkpoint_size=checkpoint, size=head.size)
+    return SealResult(sealed=len(events), closures=made, checkpoint_size=checkpoint, size=head.size, more=more)
 
 
 async def seal_all(engine: AsyncEngine, key: SigningKey, *, force_checkpoint: bool = False) -> int:
@@ -280,7 +330,7 @@ async def seal_all(engine: AsyncEngine, key: SigningKey, *, force_checkpoint: bo
     while True:
         async with engine.begin() as conn:
             result = await seal(conn, key, force_checkpoint=force_checkpoint)
-        if result.sealed < SEAL_BATCH_MAX:
+        if not result.more:
             return result.size
 
 
@@ -306,11 +356,11 @@ async def rotate_key(conn: AsyncConnection, old: SigningKey, new: SigningKey) ->
 async def run_sealer(engine: AsyncEngine, key: SigningKey, stop: asyncio.Event) -> None:
     """What ``serve`` runs: seal every ``SEAL_INTERVAL_SECONDS`` until told to stop."""
     while not stop.is_set():
-        sealed = 0
+        more = False
         try:
             async with engine.begin() as conn:
                 result = await seal(conn, key)
-            sealed = result.sealed
+            more = result.more
             if result.closures:
                 log.info("audit_periods_closed", count=result.closures)
         except UnknownSigningKey as error:
@@ -318,7 +368,7 @@ async def run_sealer(engine: AsyncEngine, key: SigningKey, stop: asyncio.Event) 
             return
         except Exception:
             log.exception("audit_seal_failed")
-        if sealed < SEAL_BATCH_MAX:
+        if not more:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=SEAL_INTERVAL_SECONDS)
             except TimeoutError:

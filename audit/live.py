@@ -58,9 +58,9 @@ async def verify_database(conn: AsyncConnection, pinned: list[bytes] | None = No
         return report
 
     pending = (await conn.execute(text(
-        "SELECT (payload->>'transfer_id')::bigint FROM audit_inbox WHERE event_type LIKE 'ledger.%'"))).scalars().all()
-    report.pending_events = (await conn.execute(text("SELECT count(*) FROM audit_inbox"))).scalar_one()
-    for transfer_id in pending:
+        "SELECT event_type, (payload->>'transfer_id')::bigint FROM audit_pending"))).all()
+    report.pending_events = len(pending)
+    for transfer_id in (t for kind, t in pending if kind.startswith("ledger.")):
         chained[transfer_id] = chained.get(transfer_id, 0) + 1
     transfers = set((await conn.execute(text("SELECT id FROM transfers"))).scalars().all())
     report.transfers = len(transfers)

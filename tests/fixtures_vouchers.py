@@ -45,11 +45,11 @@ def valid_siret(number: int) -> str:
 
 
 async def audit_events(conn: AsyncConnection, event_type: str) -> list[dict[str, Any]]:
-    """Payloads of the audit events of a type, sealed into the chain or still in the inbox."""
+    """Payloads of the audit events of a type, sealed into the chain or waiting to be."""
     rows = (await conn.execute(
         text(
             "SELECT convert_from(body, 'UTF8')::jsonb -> 'payload' FROM audit_records WHERE event_type = :t "
-            "UNION ALL SELECT payload FROM audit_inbox WHERE event_type = :t"
+            "UNION ALL SELECT payload FROM audit_pending WHERE event_type = :t"
         ),
         {"t": event_type},
     )).scalars().all()

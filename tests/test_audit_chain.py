@@ -45,7 +45,7 @@ async def _verify(engine):
 async def test_a_transfer_is_recorded_in_its_own_transaction_and_a_rollback_leaves_no_record(engine):
     await _pay(engine, "audited-1")
     async with engine.connect() as conn:
-        inbox = (await conn.execute(text("SELECT event_type, payload FROM audit_inbox"))).all()
+        inbox = (await conn.execute(text("SELECT event_type, payload FROM audit_pending"))).all()
     assert [row.event_type for row in inbox] == ["ledger.transfer"]
     assert inbox[0].payload["key"] == "audited-1"
     assert sorted(p[2] for p in inbox[0].payload["postings"]) == [-100, 100]
@@ -55,7 +55,7 @@ async def test_a_transfer_is_recorded_in_its_own_transaction_and_a_rollback_leav
             await append(conn, event_type="voucher.revoked", payload={"voucher_id": 1})
             raise RuntimeError("the change fails after recording")
     async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT count(*) FROM audit_inbox")) == 1
+        assert await conn.scalar(text("SELECT count(*) FROM audit_pending")) == 1
 
 
 async def test_sealing_chains_events_gaplessly_and_the_chain_verifies_against_the_ledger(engine):
@@ -66,7 +66,7 @@ async def test_sealing_chains_events_gaplessly_and_the_chain_verifies_against_th
     async with engine.connect() as conn:
         seqs = (await conn.execute(text("SELECT seq FROM audit_records ORDER BY seq"))).scalars().all()
         assert seqs == list(range(1, len(seqs) + 1))
-        assert await conn.scalar(text("SELECT count(*) FROM audit_inbox")) == 0
+        assert await conn.scalar(text("SELECT count(*) FROM audit_pending")) == 0
     report = await _verify(engine)
     assert report.ok, report.problems or report.chain.problem
     assert report.chain.last_checkpoint["size"] == result.size
@@ -108,8 +108,11 @@ async def test_inclusion_and_consistency_proofs_verify(engine):
 
 async def test_audit_tables_refuse_changes(engine):
     await _pay(engine, "unsealed")
+    async with engine.begin() as conn:
+        await append(conn, event_type="voucher.revoked", payload={"voucher_id": 1})
     for statement in ("UPDATE audit_records SET event_type = 'x'", "DELETE FROM audit_records",
-                      "TRUNCATE audit_records", "DELETE FROM audit_checkpoints", "UPDATE audit_inbox SET actor = 'x'"):
+                      "TRUNCATE audit_records", "DELETE FROM audit_checkpoints", "UPDATE audit_inbox SET actor = 'x'",
+                      "UPDATE transfers SET actor = 'x'", "UPDATE transfers SET audit_xid = 0"):
         with pytest.raises(DBAPIError, match="append-only"):
             async with engine.begin() as conn:
                 await conn.execute(text(statement))

@@ -96,7 +96,7 @@ async def test_a_refusal_in_a_batch_refuses_only_its_redemption(client, engine, 
         balances = (await conn.scalars(text("SELECT balance_cents FROM accounts WHERE id = ANY(:ids) ORDER BY id"),
                                        {"ids": [v.account_id for v in vouchers]})).all()
         events = (await conn.execute(text(
-            "SELECT event_type, count(*) FROM audit_inbox WHERE payload->>'transfer_id' = ANY(:ids) GROUP BY 1 ORDER BY 1"),
+            "SELECT event_type, count(*) FROM audit_pending WHERE payload->>'transfer_id' = ANY(:ids) GROUP BY 1 ORDER BY 1"),
             {"ids": [str(r["transfer_id"]) for r in receipts]})).all()
     assert balances == [0, 1000, 750]
     assert [tuple(e) for e in events] == [("ledger.transfer", 3), ("voucher.redeemed", 3)]

@@ -161,7 +161,7 @@ def test_an_order_moves_only_along_its_allowed_transitions(database_url):
         async with engine.connect() as conn:
             return tuple([await conn.scalar(text("SELECT status FROM voucher_orders WHERE id = :id"), {"id": order_id})]
                          + [await conn.scalar(text(f"SELECT count(*) FROM {t}"))
-                            for t in ("voucher_order_lines", "transfers", "vouchers", "audit_inbox")])
+                            for t in ("voucher_order_lines", "transfers", "vouchers", "audit_pending")])
 
     async def act(order_id: int, action: str) -> None:
         async with engine.begin() as conn:

@@ -59,7 +59,7 @@ class AuditorController(Controller):
     async def head(self, db_engine: NamedDependency[AsyncEngine]) -> HeadOut:
         async with db_engine.connect() as conn:
             state = (await conn.execute(text("SELECT size, head_hash FROM audit_state LIMIT 1"))).one_or_none()
-            pending = (await conn.execute(text("SELECT count(*) FROM audit_inbox"))).scalar_one()
+            pending = (await conn.execute(text("SELECT count(*) FROM audit_pending"))).scalar_one()
             checkpoint = await _latest_checkpoint(conn)
         return HeadOut(size=state.size if state else 0, head_hash=bytes(state.head_hash).hex() if state else "",
                        checkpoint=checkpoint, pending_events=pending)
