@@ -1,9 +1,9 @@
 """The sealer in a process of its own, beside the processes that write.
 
 Sealing is Python work (encoding, hashing, signing: ~65 µs an event) and a pass of a few
-hundred events holds an event loop for ~10 ms. Inside a web worker that is a stall of every
-request in flight, and measured at 32 writers it cost them a fifth of their throughput; in a
-process of its own it cost them ~1 % (BENCHMARKS.md, Audit). ``circuit serve`` runs one
+hundred events holds an event loop for 10–20 ms. Inside a web worker that is a stall of every
+request in flight; at 32 writers sharing the loop it cost them ~5 % more throughput than a
+sealer in a process of its own (BENCHMARKS.md, Audit). ``circuit serve`` runs one
 :class:`SealerProcess`; the benchmark runs the same.
 
 The child connects on its own, loads the signing key from its file, and seals every

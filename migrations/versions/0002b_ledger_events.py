@@ -2,8 +2,7 @@
 
 Until this revision every ledger write also inserted its event into ``audit_inbox``, which
 the sealer then chained and deleted: per transfer, a second row of ~450 bytes with its index,
-its deletion and its vacuuming, which cost writers about a fifth of their throughput
-(BENCHMARKS.md, issue 3). The transfer row already holds everything the event says, so it now
+its deletion and its vacuuming (BENCHMARKS.md, Audit, for what that cost). The transfer row already holds everything the event says, so it now
 carries the two facts it lacked, who acted (``actor``) and which transaction wrote it
 (``audit_xid``, the top-level transaction id), and the sealer builds the event from the
 transfer and its postings (``audit_ledger_events``), byte for byte the payload that
@@ -39,7 +38,7 @@ ALTER TABLE transfers ADD COLUMN actor text CHECK (length(actor) BETWEEN 1 AND 2
 ALTER TABLE transfers ALTER COLUMN actor SET DEFAULT audit_actor();
 ALTER TABLE transfers ADD COLUMN audit_xid bigint;
 ALTER TABLE transfers ALTER COLUMN audit_xid SET DEFAULT pg_current_xact_id()::text::bigint;
-CREATE INDEX transfers_audit_xid ON transfers (audit_xid);
+CREATE INDEX transfers_audit_xid ON transfers (audit_xid) WHERE audit_xid IS NOT NULL;
 
 ALTER TABLE audit_inbox ADD COLUMN xid bigint;
 ALTER TABLE audit_inbox ALTER COLUMN xid SET DEFAULT pg_current_xact_id()::text::bigint;
