@@ -34,7 +34,13 @@ async def _checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
 
 
 async def verify_database(conn: AsyncConnection, pinned: list[bytes] | None = None) -> DatabaseReport:
-    """Verify the whole live chain, then that it and the ledger's transfers agree one to one."""
+    """Verify the whole live chain, then that it and the ledger's transfers agree one to one.
+
+    On a connection with no transaction yet, it reads everything in one snapshot: a sealer or
+    a writer at work meanwhile cannot make a transfer look missing (sealed after the chain was
+    read, so neither chained nor waiting) or unknown."""
+    if not conn.in_transaction():
+        await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
     keys = {r.key_id: bytes(r.public_key) for r in (await conn.execute(text("SELECT key_id, public_key FROM audit_keys"))).all()}
     for public in pinned or []:
         keys.setdefault(key_id_of(public), public)

@@ -228,3 +228,12 @@ async def test_the_sealer_process_chains_what_is_written_and_stops_when_told(eng
     finally:
         await asyncio.to_thread(sealer.stop)
     assert not sealer.process.is_alive() and sealer.process.exitcode == 0
+
+
+async def test_verifying_the_database_reads_chain_pending_events_and_ledger_in_one_snapshot(engine):
+    await seal_all(engine, KEY)
+    async with engine.connect() as conn:
+        report = await verify_database(conn, [KEY.public_bytes])
+        assert await conn.scalar(text("SHOW transaction_isolation")) == "repeatable read"
+        assert await conn.scalar(text("SHOW transaction_read_only")) == "on"
+    assert report.ok, report.problems or report.chain.problem
