@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -111,9 +110,8 @@ def create_app(
         stop = asyncio.Event()
         jobs = []
         if background:
-            jobs = [asyncio.create_task(_sweep_holds(app.state.engine))]
-            if os.environ.get("CIRCUIT_SEALER", "app") == "app":  # `circuit serve` seals in a process of its own
-                jobs.append(asyncio.create_task(run_sealer(app.state.engine, audit_signing_key(), stop)))
+            jobs = [asyncio.create_task(_sweep_holds(app.state.engine)),
+                    asyncio.create_task(run_sealer(app.state.engine, audit_signing_key(), stop))]
             jobs += [asyncio.create_task(job(app.state.engine, stop)) for job in collect("JOBS")]
         try:
             yield

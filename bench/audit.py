@@ -1,8 +1,8 @@
 """Audit chain cost and verification speed.
 
 1. Ledger transfers/s at 32 clients (median of 6 alternating rounds on one database) with the
-   chain on (every transfer row records its actor and transaction, and the sealer process
-   chains them alongside, as in `circuit serve`) and off (transfers record neither, so nothing
+   chain on (every transfer row records its actor and transaction, and the sealer chains them
+   alongside in the writers' event loop, as in `circuit serve`'s workers) and off (transfers record neither, so nothing
    is chained). Target: >= 80 % retained.
 2. Offline verification speed (records/s) of a 1,000,000-record archive written in the real
    format (docs/audit-format.md) with the real hashing, Merkle and signing code.
@@ -37,10 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from audit.archive import FORMAT, pack, verify_archive  # noqa: E402
 from audit.canonical import GENESIS_HASH, canonical, record_hash, record_line  # noqa: E402
-from audit.chain import checkpoint_statement, seal_all  # noqa: E402
+from audit.chain import checkpoint_statement, run_sealer, seal_all  # noqa: E402
 from audit.live import verify_database  # noqa: E402
-from audit.keys import CHECKPOINT_DOMAIN, generate, write_key  # noqa: E402
-from audit.sealer import SealerProcess  # noqa: E402
+from audit.keys import CHECKPOINT_DOMAIN, generate  # noqa: E402
 from audit.merkle import Frontier, leaf_hash  # noqa: E402
 from ledger.accounts import AccountKind, ensure_unit, open_account  # noqa: E402
 from ledger.database import create_engine, embedded_url, ensure_database, migrate  # noqa: E402
@@ -109,14 +108,14 @@ async def transfers_per_second(engine: AsyncEngine, pairs: list[tuple[int, int]]
     return rate
 
 
-async def chain_cost(seconds: float, key_file: Path) -> tuple[float, float]:
+async def chain_cost(seconds: float) -> tuple[float, float]:
     """Median rates with the chain on and off, in alternating rounds on one database so that a
     change in the machine's load hits both alike."""
     engine, pairs, defaults = await prepare(embedded_url("audit_cost"))
-    # As `circuit serve` runs it: in a process of its own, for the whole run (it finds nothing
-    # to seal while the chain is off).
-    sealer = SealerProcess(engine.url.render_as_string(hide_password=False), key_file)
-    sealer.start()
+    # As `circuit serve` runs it: in the event loop of the processes that write, for the whole run
+    # (it finds nothing to seal while the chain is off).
+    stop = asyncio.Event()
+    sealer = asyncio.create_task(run_sealer(engine, KEY, stop))
     rates: dict[bool, list[float]] = {True: [], False: []}
     try:
         for round_ in range(ROUNDS):
@@ -126,7 +125,8 @@ async def chain_cost(seconds: float, key_file: Path) -> tuple[float, float]:
                 await set_chain(engine, defaults, chained)
                 rates[chained].append(await transfers_per_second(engine, pairs, seconds / ROUNDS, chained, round_))
     finally:
-        await asyncio.to_thread(sealer.stop)
+        stop.set()
+        await sealer
     # Nothing was left out: once the rest is sealed, the chain verifies and holds each transfer
     # of the chained rounds exactly once (those of the other rounds were never audited).
     await seal_all(engine, KEY)
@@ -174,8 +174,7 @@ async def main(seconds: float, records: int) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="circuit-bench-audit-"))
     os.environ["CIRCUIT_DATA_DIR"] = str(directory)
     try:
-        write_key(KEY, directory / "audit-signing-key.pem")
-        chained, unchained = await chain_cost(seconds, directory / "audit-signing-key.pem")
+        chained, unchained = await chain_cost(seconds)
         print(f"{CLIENTS} clients: chained {chained:.0f}/s, unchained {unchained:.0f}/s, retained {chained / unchained:.2f}",
               flush=True)
         archive = directory / "archive.zip"

@@ -8,7 +8,6 @@ import asyncio
 import json
 import random
 import re
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from sqlalchemy import text
 
 from audit import chain
 from audit.chain import append, seal, seal_all, set_actor
-from audit.keys import generate, write_key
+from audit.keys import generate
 from audit.live import verify_database
-from audit.sealer import SealerProcess
 from ledger.accounts import AccountKind, ensure_unit, open_account
 from ledger.transfers import Posting, hold, post_hold, reverse, transfer, void_hold
 
@@ -210,24 +208,6 @@ async def test_writers_racing_a_sealer_leave_every_transfer_chained_exactly_once
     async with engine.connect() as conn:
         report = await verify_database(conn, [KEY.public_bytes])
     assert report.ok, report.problems or report.chain.problem
-
-
-async def test_the_sealer_process_chains_what_is_written_and_stops_when_told(engine, tmp_path):
-    key_file = tmp_path / "audit-signing-key.pem"
-    write_key(KEY, key_file)
-    source, target = await _accounts(engine)
-    sealer = SealerProcess(engine.url.render_as_string(hide_password=False), key_file)
-    sealer.start()
-    try:
-        async with engine.begin() as conn:
-            await _pay(conn, "sealed-by-the-process", source, target)
-        deadline = time.monotonic() + 60
-        while "sealed-by-the-process" not in _ledger_keys(await _chained(engine)):
-            assert time.monotonic() < deadline, "the sealer process did not chain the transfer"
-            await asyncio.sleep(0.1)
-    finally:
-        await asyncio.to_thread(sealer.stop)
-    assert not sealer.process.is_alive() and sealer.process.exitcode == 0
 
 
 async def test_verifying_the_database_reads_chain_pending_events_and_ledger_in_one_snapshot(engine):

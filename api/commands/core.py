@@ -13,9 +13,6 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.logging import configure_logging
-from api.settings import audit_key_path, audit_signing_key
-from audit.sealer import SealerProcess
 from ledger.check import check_ledger
 from ledger.database import create_engine, database_url, ensure_database, migrate
 
@@ -86,20 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Workers are separate processes: they find the same database through the environment.
     os.environ.setdefault("DATABASE_URL", database_url())
-    # The audit sealer runs beside the web workers, not in them: its hashing would stall requests.
-    audit_signing_key()  # created now, with its warning, if this is the first start
-    sealer = SealerProcess(database_url(), audit_key_path(), setup=configure_logging)
-    sealer.start()
-    os.environ["CIRCUIT_SEALER"] = "process"
     print(f"Circuit on http://{args.host}:{args.port}  (API docs: http://{args.host}:{args.port}/schema)")
-    try:
-        if args.workers > 1:
-            uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port,
-                        workers=args.workers, log_level="warning")
-        else:
-            uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
-    finally:
-        sealer.stop()
+    if args.workers > 1:
+        uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="warning")
+    else:
+        uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
