@@ -253,7 +253,7 @@ _EVENTS_SQL = text(
 _BATCH_SQL = text(
     """
     WITH waiting AS (
-        SELECT audit_xid AS xid FROM transfers WHERE audit_xid >= :from AND audit_xid < :to
+        SELECT xid FROM audit_ledger_events(:from, :to)
         UNION ALL
         SELECT coalesce(xid, 0) FROM audit_inbox WHERE coalesce(xid, 0) < :to
     )

@@ -2,8 +2,8 @@
 
 1. Ledger transfers/s at 32 clients (median of 6 alternating rounds on one database) with the
    chain on (every transfer row records its actor and transaction, and the sealer chains them
-   alongside in the writers' event loop, as in `circuit serve`'s workers) and off (transfers record neither, so nothing
-   is chained). Target: >= 80 % retained.
+   alongside in the writers' event loop, as in `circuit serve`'s workers) and off (transfers
+   record neither, so nothing is chained). Target: >= 80 % retained.
 2. Offline verification speed (records/s) of a 1,000,000-record archive written in the real
    format (docs/audit-format.md) with the real hashing, Merkle and signing code.
    Target: >= 200,000 records/s.

@@ -2,11 +2,11 @@
 
 Until this revision every ledger write also inserted its event into ``audit_inbox``, which
 the sealer then chained and deleted: per transfer, a second row of ~450 bytes with its index,
-its deletion and its vacuuming (BENCHMARKS.md, Audit, for what that cost). The transfer row already holds everything the event says, so it now
-carries the two facts it lacked, who acted (``actor``) and which transaction wrote it
-(``audit_xid``, the top-level transaction id), and the sealer builds the event from the
-transfer and its postings (``audit_ledger_events``), byte for byte the payload that
-``ledger_audit`` used to write.
+its deletion and its vacuuming (BENCHMARKS.md, Audit, for what that cost). The transfer row
+already holds everything the event says, so it now carries the two facts it lacked, who
+acted (``actor``) and which transaction wrote it (``audit_xid``, the top-level transaction
+id), and the sealer builds the event from the transfer and its postings
+(``audit_ledger_events``), byte for byte the payload that ``ledger_audit`` used to write.
 
 Exactly once without marking rows: the sealer keeps a horizon (``audit_state.ledger_horizon``).
 A pass reads the oldest transaction still running (the xmin of its snapshot); every
